@@ -1,0 +1,1 @@
+"""Datasets: ingest three layouts, lesion-grouped splits, a uint8 image cache, torch Datasets."""

@@ -1,0 +1,21 @@
+"""Class vocabulary. HAM10000's seven diagnoses, in the ISIC 2018 order."""
+
+from __future__ import annotations
+
+HAM10000_CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+# akiec (actinic keratosis / Bowen's disease) counted malignant: the usual binary mapping.
+MALIGNANT_CODES: frozenset[str] = frozenset({"mel", "bcc", "akiec", "scc"})
+CLASS_DESCRIPTIONS: dict[str, str] = {
+    "akiec": "actinic keratosis / intraepithelial carcinoma",
+    "bcc": "basal cell carcinoma",
+    "bkl": "benign keratosis-like lesion",
+    "df": "dermatofibroma",
+    "mel": "melanoma",
+    "nv": "melanocytic nevus",
+    "vasc": "vascular lesion",
+    "scc": "squamous cell carcinoma",
+}
+
+
+def malignant_mask(class_names: list[str] | tuple[str, ...]) -> list[bool]:
+    return [name in MALIGNANT_CODES for name in class_names]

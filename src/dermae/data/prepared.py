@@ -1,0 +1,136 @@
+"""Read a prepared dataset (see `dermae data prepare`) and serve it as torch Datasets.
+
+Layout of `<run_dir>/data/`:
+    manifest.csv   one row per real image: image_id, path, diagnosis, label, malignant,
+                   group_id, age, sex, site, dx_type, split, source, cache_index
+    images.npy     uint8 [N, S, S, 3], memory-mapped; row `cache_index` of manifest.csv
+    info.json      class_names, malignant_classes, image_size, counts, skipped
+    synthetic/manifest.csv + synthetic/images.npy   (written by `dermae synth sample`;
+                   same columns plus seed, guidance, steps, model_id; split=train,
+                   source=synthetic)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+MANIFEST_COLUMNS = [
+    "image_id",
+    "path",
+    "diagnosis",
+    "label",
+    "malignant",
+    "group_id",
+    "age",
+    "sex",
+    "site",
+    "dx_type",
+    "split",
+    "source",
+    "cache_index",
+]
+SPLITS = ("train", "val", "test")
+
+
+def data_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "data"
+
+
+@dataclass
+class PreparedData:
+    root: Path
+    manifest: pd.DataFrame  # real rows, then synthetic rows (if loaded)
+    arrays: dict[str, np.ndarray]  # source -> uint8 [N, S, S, 3]
+    class_names: list[str]
+    malignant_classes: list[str]
+    image_size: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def malignant_index(self) -> list[int]:
+        return [i for i, c in enumerate(self.class_names) if c in self.malignant_classes]
+
+    def rows(
+        self,
+        split: str,
+        include_synthetic: bool = False,
+        synthetic_ratio: float = 1.0,
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """Rows of one split; synthetic rows (train only) optionally mixed in."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split '{split}'; use one of {SPLITS}")
+        real = self.manifest[(self.manifest["source"] == "real") & (self.manifest["split"] == split)]
+        if not include_synthetic or split != "train":
+            return real
+        synth = self.manifest[self.manifest["source"] == "synthetic"]
+        if synthetic_ratio < 1.0 and len(synth):
+            synth = synth.sample(frac=synthetic_ratio, random_state=seed)
+        return pd.concat([real, synth])
+
+    def dataset(self, rows: pd.DataFrame, transform=None) -> LesionDataset:
+        return LesionDataset(rows, self.arrays, transform)
+
+
+def load_prepared(run_dir: str | Path, with_synthetic: bool = True) -> PreparedData:
+    root = data_dir(run_dir)
+    info_path = root / "info.json"
+    if not info_path.exists():
+        raise FileNotFoundError(
+            f"{info_path} not found: run `dermae data prepare -c CONFIG` first (run_dir={run_dir})"
+        )
+    info = json.loads(info_path.read_text())
+    manifest = pd.read_csv(root / "manifest.csv", dtype={"image_id": str, "group_id": str})
+    arrays = {"real": np.load(root / "images.npy", mmap_mode="r")}
+    synth_manifest = root / "synthetic" / "manifest.csv"
+    synth_images = root / "synthetic" / "images.npy"
+    if with_synthetic and synth_manifest.exists() and synth_images.exists():
+        synth = pd.read_csv(synth_manifest, dtype={"image_id": str, "group_id": str})
+        arrays["synthetic"] = np.load(synth_images, mmap_mode="r")
+        manifest = pd.concat([manifest, synth], ignore_index=True)
+    return PreparedData(
+        root=root,
+        manifest=manifest,
+        arrays=arrays,
+        class_names=list(info["class_names"]),
+        malignant_classes=list(info["malignant_classes"]),
+        image_size=int(info["image_size"]),
+    )
+
+
+class LesionDataset(Dataset):
+    """Yields {"image": float [3, S, S] in [0, 1], "label", "malignant", "index"}."""
+
+    def __init__(self, rows: pd.DataFrame, arrays: dict[str, np.ndarray], transform=None):
+        self.rows = rows.reset_index(drop=True)
+        self.arrays = arrays
+        self.transform = transform
+        self._source = self.rows["source"].to_numpy()
+        self._cache_index = self.rows["cache_index"].to_numpy(dtype=np.int64)
+        self.labels = self.rows["label"].to_numpy(dtype=np.int64)
+        self.malignant = self.rows["malignant"].to_numpy(dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        pixels = self.arrays[self._source[i]][self._cache_index[i]]  # [S, S, 3] uint8
+        image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
+        if self.transform is not None:
+            image = self.transform(image)
+        return {
+            "image": image.float().div_(255.0),
+            "label": torch.tensor(self.labels[i]),
+            "malignant": torch.tensor(self.malignant[i]),
+            "index": torch.tensor(i),
+        }

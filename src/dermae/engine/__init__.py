@@ -1,0 +1,1 @@
+"""The one training loop, checkpoints, seeding and progress, shared by every stage."""

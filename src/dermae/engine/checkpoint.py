@@ -1,0 +1,153 @@
+"""Checkpoints as folders: `model.safetensors` + `config.json` (+ `training_state/`).
+
+Written to a temporary sibling folder, then renamed, so a killed process never
+leaves a half-written checkpoint. Nothing is unpickled: weights are safetensors,
+optimizer state is loaded with `torch.load(weights_only=True)`, RNG state is JSON
+plus safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_DIR = "training_state"
+
+
+def _contiguous_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared or non-contiguous storage; clone keeps it simple.
+    return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def atomic_dir(final: Path) -> Path:
+    """A fresh temporary folder next to `final`; pass it to `commit_dir`."""
+    final = Path(final)
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit_dir(tmp: Path, final: Path) -> None:
+    """Replace `final` by `tmp` (rename; the old folder is removed first)."""
+    final = Path(final)
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def save_model(directory: str | Path, module: nn.Module, config: dict[str, Any]) -> Path:
+    """Save weights + JSON config atomically. `config` must be JSON-serialisable."""
+    directory = Path(directory)
+    tmp = atomic_dir(directory)
+    save_file(_contiguous_state(module), str(tmp / MODEL_FILE))
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
+    commit_dir(tmp, directory)
+    return directory
+
+
+def load_config_json(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {directory} a dermae checkpoint folder?")
+    return json.loads(path.read_text())
+
+
+def load_weights(directory: str | Path, module: nn.Module, strict: bool = True) -> Any:
+    path = Path(directory) / MODEL_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {directory} a dermae checkpoint folder?")
+    return module.load_state_dict(load_file(str(path)), strict=strict)
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+
+def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(JSON part, tensor part) of the python, numpy and torch RNG states."""
+    py_version, py_internal, py_gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    meta = {
+        "python": [py_version, list(py_internal), py_gauss],
+        "numpy": [np_kind, int(np_pos), int(np_has_gauss), float(np_gauss)],
+    }
+    tensors = {
+        "numpy_keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda{i}"] = state
+    return meta, tensors
+
+
+def set_rng_state(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, pos, has_gauss, gauss_np = meta["numpy"]
+    keys = tensors["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state((kind, keys, pos, has_gauss, gauss_np))
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available():
+        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def save_training_state(
+    directory: Path,
+    optimizer: torch.optim.Optimizer,
+    progress: dict[str, Any],
+    extra_modules: dict[str, nn.Module] | None = None,
+) -> None:
+    """Write optimizer, RNG and progress into `directory/training_state` (caller commits)."""
+    state_dir = Path(directory) / STATE_DIR
+    state_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(optimizer.state_dict(), state_dir / "optimizer.pt")
+    meta, tensors = rng_state()
+    save_file(tensors, str(state_dir / "rng.safetensors"))
+    (state_dir / "state.json").write_text(json.dumps({"progress": progress, "rng": meta}))
+    for name, module in (extra_modules or {}).items():
+        save_file(_contiguous_state(module), str(state_dir / f"{name}.safetensors"))
+
+
+def load_training_state(
+    directory: Path,
+    optimizer: torch.optim.Optimizer,
+    extra_modules: dict[str, nn.Module] | None = None,
+) -> dict[str, Any]:
+    """Restore optimizer and extra modules; returns progress. Call `restore_rng` last."""
+    state_dir = Path(directory) / STATE_DIR
+    optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
+    for name, module in (extra_modules or {}).items():
+        module.load_state_dict(load_file(str(state_dir / f"{name}.safetensors")))
+    return json.loads((state_dir / "state.json").read_text())["progress"]
+
+
+def restore_rng(directory: Path) -> None:
+    state_dir = Path(directory) / STATE_DIR
+    meta = json.loads((state_dir / "state.json").read_text())["rng"]
+    set_rng_state(meta, load_file(str(state_dir / "rng.safetensors")))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
