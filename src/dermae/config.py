@@ -92,7 +92,9 @@ class LDMConfig:
     label_dropout: float = 0.1
     num_train_timesteps: int = 1000
     prediction_type: str = "epsilon"
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, lr=2e-4, ema_decay=0.999))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=1, lr=2e-4, ema_decay=0.999)
+    )
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,9 @@ class PreparedData:
         """Rows of one split; synthetic rows (train only) optionally mixed in."""
         if split not in SPLITS:
             raise ValueError(f"unknown split '{split}'; use one of {SPLITS}")
-        real = self.manifest[(self.manifest["source"] == "real") & (self.manifest["split"] == split)]
+        real = self.manifest[
+            (self.manifest["source"] == "real") & (self.manifest["split"] == split)
+        ]
         if not include_synthetic or split != "train":
             return real
         synth = self.manifest[self.manifest["source"] == "synthetic"]

@@ -1,0 +1,1 @@
+"""Classifiers: the plain baseline and the teacher fine-tuning, built on timm."""

@@ -1,0 +1,104 @@
+"""A classifier checkpoint = timm model weights + a JSON config that says how to rebuild and use it.
+
+config.json keys (all checkpoints of kind "classifier"):
+    kind: "classifier"
+    arch: timm model name           model_kwargs: extra timm.create_model kwargs
+    num_classes, image_size, mean, std, class_names, malignant_classes
+    threshold (optional): {"malignant_risk": t, "specificity": s} chosen on validation
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from dermae.data.transforms import MEAN, STD, normalize
+from dermae.engine.checkpoint import load_config_json, load_weights, save_model
+
+# Normalisation layers that timm ViTs may add on top of what a backbone holds.
+HEAD_KEY_PREFIXES = ("head.", "fc_norm.", "head_drop.")
+
+
+def classifier_config(
+    arch: str,
+    class_names: list[str],
+    malignant_classes: list[str],
+    image_size: int,
+    model_kwargs: dict[str, Any] | None = None,
+    mean=MEAN,
+    std=STD,
+) -> dict[str, Any]:
+    return {
+        "kind": "classifier",
+        "arch": arch,
+        "model_kwargs": dict(model_kwargs or {}),
+        "num_classes": len(class_names),
+        "image_size": int(image_size),
+        "mean": list(mean),
+        "std": list(std),
+        "class_names": list(class_names),
+        "malignant_classes": list(malignant_classes),
+    }
+
+
+def create_timm_model(arch: str, num_classes: int, image_size: int, **kwargs: Any) -> nn.Module:
+    """timm model from scratch (no downloads); ViTs get the working image size."""
+    extra = dict(kwargs)
+    if "vit" in arch or "deit" in arch:
+        extra.setdefault("img_size", image_size)
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes, **extra)
+
+
+class Classifier(nn.Module):
+    """timm backbone that takes [0, 1] images and normalises them itself."""
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        self.config = config
+        self.net = create_timm_model(
+            config["arch"], config["num_classes"], config["image_size"], **config["model_kwargs"]
+        )
+        self.register_buffer(
+            "mean", torch.tensor(config["mean"]).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer("std", torch.tensor(config["std"]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: [N, 3, H, W] in [0, 1] -> logits [N, C]."""
+        return self.net((images - self.mean) / self.std)
+
+
+def build_classifier(config: dict[str, Any]) -> Classifier:
+    return Classifier(config)
+
+
+def save_classifier(
+    directory: str | Path, model: Classifier, extra: dict[str, Any] | None = None
+) -> Path:
+    config = {**model.config, **(extra or {})}
+    return save_model(directory, model.net, config)
+
+
+def load_classifier(directory: str | Path) -> tuple[Classifier, dict[str, Any]]:
+    config = load_config_json(directory)
+    if config.get("kind") != "classifier":
+        raise ValueError(f"{directory} holds a '{config.get('kind')}' checkpoint, not a classifier")
+    model = build_classifier(config)
+    load_weights(directory, model.net)
+    model.eval()
+    return model, config
+
+
+__all__ = [
+    "Classifier",
+    "build_classifier",
+    "classifier_config",
+    "create_timm_model",
+    "load_classifier",
+    "normalize",
+    "save_classifier",
+]
