@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from dermae.config import Config, LDMConfig, to_dict
 from dermae.data.prepared import load_prepared
 from dermae.engine.checkpoint import atomic_dir, commit_dir
+from dermae.engine.loop import fit
 from dermae.synth.common import (
     SCHEDULER_DIR,
     UNET_DIR,
@@ -216,8 +217,6 @@ def train_ldm(cfg: Config, run_dir: str | Path) -> Path:
     dermae_synth.json (classes, conditioning, null id, latent shape, VAE id); the DDPM
     scheduler config goes to `<run_dir>/synth/scheduler`.
     """
-    from dermae.engine.loop import fit  # lands on main with the shared loop
-
     lcfg = cfg.ldm
     run_dir = Path(run_dir)
     data = load_prepared(run_dir, with_synthetic=False)

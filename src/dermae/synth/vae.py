@@ -21,6 +21,7 @@ from torchvision.transforms import v2
 from dermae.config import Config, ConfigError, VAEConfig, to_dict
 from dermae.data.prepared import load_prepared
 from dermae.engine.checkpoint import atomic_dir, commit_dir
+from dermae.engine.loop import fit
 from dermae.synth.common import (
     VAE_DIR,
     default_device,
@@ -153,8 +154,6 @@ def train_vae(cfg: Config, run_dir: str | Path) -> Path:
 
     The folder also holds metrics.json (val PSNR/SSIM) and reconstructions.png.
     """
-    from dermae.engine.loop import fit  # lands on main with the shared loop
-
     vcfg = cfg.vae
     if vcfg.disc_weight > 0:
         raise ConfigError(
@@ -171,9 +170,8 @@ def train_vae(cfg: Config, run_dir: str | Path) -> Path:
     task = VAETask(vae, vcfg.kl_weight)
     val_probe = _subset(data.dataset(val_rows), 256)
 
-    def evaluate(task: VAETask) -> dict[str, float]:
-        metrics = reconstruction_metrics(task.model.eval(), val_probe)
-        task.model.train()
+    def evaluate(task: VAETask) -> dict[str, float]:  # the loop sets eval mode and no_grad
+        metrics = reconstruction_metrics(task.model, val_probe)
         return {"psnr": metrics["psnr"], "ssim": metrics["ssim"]}
 
     result = fit(
