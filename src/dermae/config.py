@@ -80,9 +80,7 @@ class VAEConfig:
     latent_channels: int = 4
     layers_per_block: int = 1
     kl_weight: float = 1e-6
-    disc_weight: float = (
-        0.0  # must stay 0: no discriminator (one optimiser per loop; see synth/vae.py)
-    )
+    disc_weight: float = 0.0  # must stay 0: no discriminator (see synth/vae.py)
     mid_attention: bool = True  # self-attention in the VAE mid block
     augment: bool = True  # random flips of train images (lesions have no orientation)
     scale_images: int = 2048  # train images used to estimate the latent scaling factor
