@@ -18,6 +18,7 @@ an Inception network where weights exist. Reported (synth/synth_quality.json):
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,11 @@ def fid_kid(
     fid.update(real.double(), real=True)
     fid.update(fake.double(), real=False)
     subset = min(1000, len(real), len(fake))
-    kid = KernelInceptionDistance(feature=_Precomputed(d), subsets=kid_subsets, subset_size=subset)
+    with warnings.catch_warnings():  # "KID keeps all features in memory": ours are small
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(
+            feature=_Precomputed(d), subsets=kid_subsets, subset_size=subset
+        )
     kid.update(real.double(), real=True)
     kid.update(fake.double(), real=False)
     with torch.random.fork_rng():
