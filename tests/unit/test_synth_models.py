@@ -9,7 +9,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DModel
 from dermae.config import LDMConfig, VAEConfig
 from dermae.synth.ldm import LDMTask, build_noise_scheduler, build_unet, dihedral, null_class_id
 from dermae.synth.sample import generate, guided_prediction, make_sampler
-from dermae.synth.vae import VAETask, build_vae, latent_shape, reconstruct
+from dermae.synth.vae import VAETask, build_vae, latent_shape, reconstruct, vae_augment
 
 VAE_CFG = VAEConfig(block_out_channels=(8, 16), latent_channels=4)
 LDM_CFG = LDMConfig(block_out_channels=(8, 16), attention_head_dim=8)
@@ -234,3 +234,19 @@ def test_save_pretrained_round_trip_is_exact(tmp_path):
         a = unet(x, 7, class_labels=torch.tensor([1, 3])).sample
         b = unet2(x, 7, class_labels=torch.tensor([1, 3])).sample
     assert torch.equal(a, b)
+
+
+def test_vae_augment_yields_square_symmetries():
+    image = torch.arange(3 * 4 * 4, dtype=torch.uint8).view(3, 4, 4)
+    symmetries = []
+    for t in (False, True):
+        s = image.transpose(-1, -2) if t else image
+        symmetries += [s, s.flip(-1), s.flip(-2), s.flip(-1).flip(-2)]
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(64):
+        out = vae_augment()(image)
+        match = [i for i, s in enumerate(symmetries) if torch.equal(out, s)]
+        assert len(match) == 1
+        seen.add(match[0])
+    assert seen == set(range(8))

@@ -121,9 +121,10 @@ def reconstruction_metrics(
     ssim = StructuralSimilarityIndexMeasure(data_range=1.0).to(device)
     for batch in _batches(dataset, batch_size):
         images = batch["image"].to(device)
-        recon = reconstruct(vae, images)
-        psnr.update(recon, images)
-        ssim.update(recon, images)
+        recon = reconstruct(vae, images).float()
+        with torch.autocast(device.type, enabled=False):  # SSIM in bf16 is off by ~0.1
+            psnr.update(recon, images)
+            ssim.update(recon, images)
     return {"psnr": float(psnr.compute()), "ssim": float(ssim.compute()), "images": len(dataset)}
 
 
@@ -145,8 +146,21 @@ def _subset(dataset: Dataset, limit: int, seed: int = 0) -> Dataset:
     return Subset(dataset, torch.randperm(len(dataset), generator=g)[:limit].tolist())
 
 
+class RandomTranspose(nn.Module):
+    """Swap height and width with probability p (with the flips: all 8 square symmetries)."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.p = p
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image.transpose(-1, -2) if torch.rand(()) < self.p else image
+
+
 def vae_augment() -> v2.Transform:
-    return v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()])
+    """The 8 symmetries of the square: lesions have no orientation, and an encoder trained on
+    all of them keeps latent flips/transposes (the LDM's latent_augment) meaningful."""
+    return v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomTranspose()])
 
 
 def train_vae(cfg: Config, run_dir: str | Path) -> Path:
