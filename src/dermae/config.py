@@ -94,7 +94,7 @@ class LDMConfig:
     conditioning: str = "diagnosis"  # diagnosis | malignant
     label_dropout: float = 0.1
     num_train_timesteps: int = 1000
-    prediction_type: str = "epsilon"  # epsilon | v_prediction
+    prediction_type: str = "v_prediction"  # v_prediction | epsilon (v: stable few-step sampling)
     beta_schedule: str = "scaled_linear"  # DDPMScheduler beta schedule
     attention: bool = True  # self-attention in every UNet level below the first
     attention_head_dim: int = 32

@@ -250,3 +250,20 @@ def test_vae_augment_yields_square_symmetries():
         assert len(match) == 1
         seen.add(match[0])
     assert seen == set(range(8))
+
+
+@pytest.mark.parametrize("kind", ["ddim", "dpm"])
+def test_samplers_do_not_clip_latents(kind):
+    # Latents are not bounded to [-1, 1]; diffusers' pixel-space default would clip x0.
+    sampler = make_sampler(kind, build_noise_scheduler(LDM_CFG))
+    sampler.set_timesteps(10)
+    t = sampler.timesteps[0]
+    x = torch.full((1, 4, 2, 2), 5.0)
+    eps = torch.zeros_like(x)  # predicted noise 0 -> x0 = x / sqrt(alpha_bar_t), far beyond 1
+    prev = sampler.step(eps, t, x).prev_sample
+    a_t = sampler.alphas_cumprod[t]
+    a_prev = sampler.alphas_cumprod[sampler.timesteps[1]]
+    if kind == "ddim":
+        expected = a_prev.sqrt() * x / a_t.sqrt()
+        torch.testing.assert_close(prev, expected.float(), rtol=1e-4, atol=1e-4)
+    assert prev.abs().min() > 1.0 / a_t.sqrt() * a_prev.sqrt()  # not the clipped value

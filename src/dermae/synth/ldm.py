@@ -72,6 +72,7 @@ def build_noise_scheduler(cfg: LDMConfig) -> DDPMScheduler:
         num_train_timesteps=cfg.num_train_timesteps,
         beta_schedule=cfg.beta_schedule,
         prediction_type=cfg.prediction_type,
+        clip_sample=False,  # latents are not bounded to [-1, 1]: clipping them ruins samples
     )
 
 

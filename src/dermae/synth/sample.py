@@ -103,12 +103,16 @@ def plan_balance(counts: dict[str, int], spec: str, max_per_class: int = 0) -> d
 
 def make_sampler(kind: str, noise_scheduler: SchedulerMixin) -> SchedulerMixin:
     """Deterministic few-step sampler sharing the training noise schedule."""
+    # "trailing" spacing starts at the last training timestep: better with few steps.
+    # No clipping of the predicted x0: latents are not bounded to [-1, 1] (diffusers' DDPM/DDIM
+    # default clip_sample=True is meant for pixel-space models).
     if kind == "ddim":
-        # "trailing" spacing starts at the last training timestep: better with few steps.
-        return DDIMScheduler.from_config(noise_scheduler.config, timestep_spacing="trailing")
+        return DDIMScheduler.from_config(
+            noise_scheduler.config, timestep_spacing="trailing", clip_sample=False
+        )
     if kind == "dpm":
         return DPMSolverMultistepScheduler.from_config(
-            noise_scheduler.config, timestep_spacing="trailing"
+            noise_scheduler.config, timestep_spacing="trailing", thresholding=False
         )
     raise ConfigError(f"sample.scheduler '{kind}' unknown; use ddim | dpm")
 
