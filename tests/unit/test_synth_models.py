@@ -145,10 +145,12 @@ def test_vae_loss_falls_on_a_fixed_batch():
     assert losses[-1] < 0.5 * losses[0], losses[::8]
 
 
-def test_ldm_loss_falls_and_only_the_unet_trains():
+@pytest.mark.parametrize("prediction", ["v_prediction", "epsilon"])
+def test_ldm_loss_falls_and_only_the_unet_trains(prediction):
     unet, vae = tiny_unet(), tiny_vae()
     vae.register_to_config(scaling_factor=1.0)
-    task = LDMTask(unet, vae, build_noise_scheduler(LDM_CFG), label_dropout=0.1)
+    noise_scheduler = build_noise_scheduler(LDMConfig(prediction_type=prediction))
+    task = LDMTask(unet, vae, noise_scheduler, label_dropout=0.1)
     assert not any(p.requires_grad for p in task.vae.parameters())
     vae_before = {k: v.clone() for k, v in vae.state_dict().items()}
     mean = torch.randn(16, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.5
@@ -164,16 +166,16 @@ def test_ldm_loss_falls_and_only_the_unet_trains():
         return value
 
     before = eval_loss()
-    opt = torch.optim.Adam(task.model.parameters(), lr=2e-3)
+    opt = torch.optim.Adam(task.model.parameters(), lr=3e-3)
     torch.manual_seed(0)
     task.train()
-    for _ in range(60):
+    for _ in range(50):
         loss = task(batch)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
     after = eval_loss()
-    assert after < 0.7 * before, (before, after)
+    assert after < 0.75 * before, (before, after)
     for k, v in vae.state_dict().items():
         assert torch.equal(v, vae_before[k])
 
@@ -255,7 +257,7 @@ def test_vae_augment_yields_square_symmetries():
 @pytest.mark.parametrize("kind", ["ddim", "dpm"])
 def test_samplers_do_not_clip_latents(kind):
     # Latents are not bounded to [-1, 1]; diffusers' pixel-space default would clip x0.
-    sampler = make_sampler(kind, build_noise_scheduler(LDM_CFG))
+    sampler = make_sampler(kind, build_noise_scheduler(LDMConfig(prediction_type="epsilon")))
     sampler.set_timesteps(10)
     t = sampler.timesteps[0]
     x = torch.full((1, 4, 2, 2), 5.0)
