@@ -143,3 +143,13 @@ def test_fid_kid_identical_sets_near_zero_and_shift_detected():
     same_kid = fid_kid(real, fresh)["kid"]
     assert abs(same_kid) < 0.1
     assert fid_kid(real, fresh + 1.0)["kid"] > 50 * abs(same_kid)
+
+
+def test_precision_recall_subsampling_keeps_the_answer():
+    g = torch.Generator().manual_seed(3)
+    real = torch.randn(300, 4, generator=g)
+    far = real + 100.0
+    fake = torch.cat([real[:150], far[:150]])
+    got = precision_recall(real, fake, max_points=100, seed=1)
+    assert 0.35 < got["precision"] < 0.65  # about half of a random 100 lie on the manifold
+    assert got["recall"] > 0.8  # the fakes include half the reals

@@ -89,7 +89,8 @@ def fid_kid(
     fid = FrechetInceptionDistance(feature=_Precomputed(d))
     fid.update(real.double(), real=True)
     fid.update(fake.double(), real=False)
-    subset = min(1000, len(real), len(fake))
+    # Subsets of half the smaller set (at most 1000) so that kid_std means something.
+    subset = max(2, min(1000, len(real) // 2, len(fake) // 2))
     with warnings.catch_warnings():  # "KID keeps all features in memory": ours are small
         warnings.simplefilter("ignore", UserWarning)
         kid = KernelInceptionDistance(
@@ -111,10 +112,20 @@ def knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
     return d.kthvalue(k, dim=1).values
 
 
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict[str, float]:
-    """k-NN precision (fakes inside the real manifold) and recall (reals inside the fake one)."""
+def precision_recall(
+    real: torch.Tensor, fake: torch.Tensor, k: int = 3, max_points: int = 4000, seed: int = 0
+) -> dict[str, float]:
+    """k-NN precision (fakes inside the real manifold) and recall (reals inside the fake one).
+
+    Each side is randomly subsampled to `max_points` (the pairwise matrices grow as N^2).
+    """
     if len(real) <= 1 or len(fake) <= 1:
         return {"precision": float("nan"), "recall": float("nan")}
+    g = torch.Generator().manual_seed(seed)
+    if len(real) > max_points:
+        real = real[torch.randperm(len(real), generator=g)[:max_points]]
+    if len(fake) > max_points:
+        fake = fake[torch.randperm(len(fake), generator=g)[:max_points]]
     real_r, fake_r = knn_radii(real, k), knn_radii(fake, k)
     d = torch.cdist(fake, real)  # [F, R]
     precision = (d <= real_r[None, :]).any(dim=1).float().mean()
@@ -305,8 +316,11 @@ def evaluate_synthetic(
         table[f"near_copy_{name}"] = flagged
         memo[name] = {
             "threshold": threshold,
-            "threshold_rule": f"{NEAR_COPY_PERCENTILE:g}th percentile of real-to-real "
+            "threshold_rule": f"percentile {NEAR_COPY_PERCENTILE:g} of real-to-real "
             "nearest-neighbour distances between different lesions",
+            "space": "L2 of unit-normalised features"
+            if name == "feature"
+            else f"L2 of pixels in [0, 1], area-downsampled to at most {PIXEL_SIDE} px",
             "real_to_real_median": float(calib.median()),
             "synthetic_to_real_median": float(dist.median()),
             "near_copies": int(flagged.sum()),
@@ -323,7 +337,7 @@ def evaluate_synthetic(
         real_m = real_class == c
         entry = {"synthetic": int(fake_m.sum()), "real": int(real_m.sum())}
         entry.update(fid_kid(real_f[real_m], synth_f[fake_m], seed=cfg.seed))
-        entry.update(precision_recall(real_f[real_m], synth_f[fake_m]))
+        entry.update(precision_recall(real_f[real_m], synth_f[fake_m], seed=cfg.seed))
         if fidelity is not None:
             entry["class_fidelity"] = float(fidelity[fake_m].mean())
         for name in spaces:
@@ -334,7 +348,7 @@ def evaluate_synthetic(
     matched = _matched_real(real_class, counts, cfg.seed)
     overall = {"real_matched": len(matched)}
     overall.update(fid_kid(real_f[matched], synth_f, seed=cfg.seed))
-    overall.update(precision_recall(real_f[matched], synth_f))
+    overall.update(precision_recall(real_f[matched], synth_f, seed=cfg.seed))
     if fidelity is not None:
         overall["class_fidelity"] = float(fidelity.mean())
         # The same classifier on real VAL images of the synthesised classes: the ceiling.
