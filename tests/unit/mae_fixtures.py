@@ -99,8 +99,15 @@ def install_fake_fit(monkeypatch, calls: list[dict[str, Any]], steps: int = 2) -
     def fit(task, train_dataset, cfg, out_dir, model=None, evaluate=None, **kwargs):
         model = model if model is not None else getattr(task, "model", task)
         calls.append(
-            {"task": task, "dataset": train_dataset, "cfg": cfg, "out_dir": out_dir,
-             "model": model, "evaluate": evaluate, **kwargs}
+            {
+                "task": task,
+                "dataset": train_dataset,
+                "cfg": cfg,
+                "out_dir": out_dir,
+                "model": model,
+                "evaluate": evaluate,
+                **kwargs,
+            }
         )
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr)
@@ -112,7 +119,7 @@ def install_fake_fit(monkeypatch, calls: list[dict[str, Any]], steps: int = 2) -
             opt.zero_grad()
             loss.backward()
             opt.step()
-            history.append({"step": step + 1, "loss": float(loss)})
+            history.append({"step": step + 1, "loss": loss.item()})
         if evaluate is not None:
             history.append(evaluate(task))
         return FakeFitResult(task, model, len(history), history)

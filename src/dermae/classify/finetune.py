@@ -70,7 +70,11 @@ def check_transfer(
     missing, unexpected = sorted(missing), sorted(unexpected)
     bad_missing = [k for k in missing if not _is_new(k)]
     # With avg pooling timm puts the final norm after the pool (fc_norm) and has no `norm`.
-    dropped = {"norm.weight", "norm.bias"} if isinstance(getattr(net, "norm", None), nn.Identity) else set()
+    dropped = (
+        {"norm.weight", "norm.bias"}
+        if isinstance(getattr(net, "norm", None), nn.Identity)
+        else set()
+    )
     bad_unexpected = [k for k in unexpected if k not in dropped]
     if bad_missing or bad_unexpected:
         raise TransferError(
@@ -186,7 +190,9 @@ class FinetuneTask(nn.Module):
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: nn.Module, dataset: Dataset, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities [N, C], labels [N]) of a dataset, in eval mode."""
     was_training = model.training
     model.eval()
@@ -200,7 +206,9 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> tuple[
     return np.concatenate(probs), np.concatenate(labels)
 
 
-def val_evaluator(dataset: Dataset, batch_size: int = 256) -> Callable[[nn.Module], dict[str, float]]:
+def val_evaluator(
+    dataset: Dataset, batch_size: int = 256
+) -> Callable[[nn.Module], dict[str, float]]:
     """callable(task) -> {"val_balanced_accuracy", "val_accuracy"} on the validation split."""
 
     def evaluate(task: nn.Module) -> dict[str, float]:
