@@ -130,6 +130,10 @@ class MaskedAutoencoder(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    def no_weight_decay(self) -> set[str]:
+        """Tokens and positions skip weight decay (timm's create_optimizer_v2 reads this)."""
+        return {"encoder.cls_token", "encoder.pos_embed", "mask_token"}
+
     # ------------------------------------------------------------------ patches
 
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
