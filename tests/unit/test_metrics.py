@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from scipy.stats import rankdata
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -15,6 +18,7 @@ from sklearn.metrics import (
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from dermae.evaluate.metrics import (
+    average_ranks,
     check_inputs,
     classification_metrics,
     expected_calibration_error,
@@ -196,3 +200,19 @@ def test_bad_inputs_name_the_row() -> None:
         check_inputs(["a"], [[1.0]])
     with pytest.raises(ValueError, match="NaN"):
         check_inputs([0], [[np.nan, 1.0]])
+
+
+def test_average_ranks_match_scipy() -> None:
+    rng = np.random.default_rng(0)
+    x = np.round(rng.random((300, 6)), 1)  # heavy ties
+    x[:, 0] = 0.5  # one column all tied
+    np.testing.assert_array_equal(average_ranks(x), rankdata(x, axis=0))
+    np.testing.assert_array_equal(
+        average_ranks(np.array([[3.0], [1.0], [3.0]])), [[2.5], [1], [2.5]]
+    )
+
+
+def test_report_is_strict_json() -> None:
+    y, p = random_case(50, 7, 9, missing=(3,))
+    m = classification_metrics(y, p, list("abcdefg"), [0, 1, 4], {"spec@0.90": 0.5})
+    assert json.loads(json.dumps(m, allow_nan=False)) == m

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 from sklearn.metrics import (
     balanced_accuracy_score,
     confusion_matrix,
@@ -113,6 +112,29 @@ def binary_auroc(y: np.ndarray, score: np.ndarray) -> tuple[float | None, str | 
         which = "positive" if n_pos == 0 else "negative"
         return None, f"undefined: no {which} samples ({len(y)} samples, {n_pos} positive)"
     return float(roc_auc_score(y, score)), None
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of each column of x [N, K], ties sharing their average rank.
+
+    Same result as scipy.stats.rankdata(x, axis=0), several times faster for the bootstrap:
+    one argsort over contiguous rows of x.T, then every tie run is located with running
+    maxima/minima instead of per-column Python loops.
+    """
+    xt = np.ascontiguousarray(x.T)  # [K, N]: sorting along the last, contiguous axis is fast
+    n = xt.shape[1]
+    order = np.argsort(xt, axis=1)  # tie order is irrelevant: ties get the same average rank
+    s = np.take_along_axis(xt, order, axis=1)
+    pos = np.arange(n)[None, :]
+    starts = np.ones_like(s, dtype=bool)  # first element of each tie run
+    starts[:, 1:] = s[:, 1:] != s[:, :-1]
+    ends = np.ones_like(s, dtype=bool)  # last element of each tie run
+    ends[:, :-1] = starts[:, 1:]
+    run_start = np.maximum.accumulate(np.where(starts, pos, 0), axis=1)
+    run_end = np.minimum.accumulate(np.where(ends, pos, n)[:, ::-1], axis=1)[:, ::-1]
+    ranks = np.empty(xt.shape, dtype=np.float64)
+    np.put_along_axis(ranks, order, (run_start + run_end) / 2.0 + 1.0, axis=1)
+    return ranks.T
 
 
 def _rank_auroc(ranks: np.ndarray, pos: np.ndarray) -> float | None:
@@ -382,7 +404,7 @@ def scalar_metrics(
     mal = list(malignant_index)
     risk = p[:, mal].sum(axis=1)
     # Rank every probability column and the risk at once; ties get their average rank.
-    ranks = rankdata(np.column_stack([p, risk]), axis=0)
+    ranks = average_ranks(np.column_stack([p, risk]))
     aurocs = [_rank_auroc(ranks[:, c], y == c) for c in range(num_classes) if present[c]]
     y_mal = np.isin(y, mal)
 
