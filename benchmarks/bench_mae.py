@@ -89,8 +89,9 @@ def run_one(model: str, precision: str, phase: str, loop: str, batch: int, size:
                 times.append(time.perf_counter() - t0)
         step_s, best_s = statistics.median(times), min(times)
     else:
-        from dermae.engine.loop import fit
         from torch.utils.data import Dataset
+
+        from dermae.engine.loop import fit
 
         class Repeat(Dataset):
             def __len__(self):

@@ -1,18 +1,12 @@
-"""Tiny prepared datasets and a stand-in for the shared loop, for the MAE / fine-tune tests."""
+"""A tiny prepared dataset (7 classes, optional synthetic rows) for the MAE / fine-tune tests."""
 
 from __future__ import annotations
 
 import json
-import sys
-import types
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from torch.utils.data import DataLoader
 
 CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 MALIGNANT = ["akiec", "bcc", "mel"]
@@ -82,51 +76,3 @@ def write_prepared(
     }
     (root / "info.json").write_text(json.dumps(info))
     return Path(run_dir)
-
-
-@dataclass
-class FakeFitResult:
-    task: Any
-    model: Any
-    step: int
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
-def install_fake_fit(monkeypatch, calls: list[dict[str, Any]], steps: int = 2) -> None:
-    """Stand-in for dermae.engine.loop.fit (not yet on main): a few AdamW steps, records its
-    arguments. Remove once the real loop lands."""
-
-    def fit(task, train_dataset, cfg, out_dir, model=None, evaluate=None, **kwargs):
-        model = model if model is not None else getattr(task, "model", task)
-        calls.append(
-            {
-                "task": task,
-                "dataset": train_dataset,
-                "cfg": cfg,
-                "out_dir": out_dir,
-                "model": model,
-                "evaluate": evaluate,
-                **kwargs,
-            }
-        )
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.lr)
-        loader = DataLoader(train_dataset, batch_size=min(cfg.batch_size, 8), shuffle=True)
-        task.train()
-        history = []
-        for step, batch in zip(range(steps), loader, strict=False):
-            loss = task(batch)["loss"]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            history.append({"step": step + 1, "loss": loss.item()})
-        if evaluate is not None:
-            history.append(evaluate(task))
-        return FakeFitResult(task, model, len(history), history)
-
-    if "dermae.engine.loop" in sys.modules and hasattr(sys.modules["dermae.engine.loop"], "fit"):
-        monkeypatch.setattr(sys.modules["dermae.engine.loop"], "fit", fit)
-    else:
-        module = types.ModuleType("dermae.engine.loop")
-        module.fit = fit
-        monkeypatch.setitem(sys.modules, "dermae.engine.loop", module)

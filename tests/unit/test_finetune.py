@@ -8,23 +8,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from mae_fixtures import install_fake_fit, write_prepared
+from mae_fixtures import write_prepared
 from safetensors.torch import load_file, save_file
-from sklearn.metrics import balanced_accuracy_score
 from timm.optim import create_optimizer_v2
 
+from dermae.classify import finetune as finetune_module
 from dermae.classify.finetune import (
-    FinetuneTask,
     TransferError,
-    balanced_sample_weights,
     build_task,
-    class_weights,
     finetune,
     freeze_for_linear_probe,
     load_encoder,
-    soft_cross_entropy,
     teacher_config,
-    val_evaluator,
 )
 from dermae.classify.model import build_classifier, load_classifier
 from dermae.config import load_config
@@ -44,6 +39,12 @@ def micro_config(run_dir, *extra):
             "pretrain.decoder_heads=2",
             "finetune.model=vit_micro_patch4",
             "finetune.train.batch_size=8",
+            "finetune.train.max_steps=4",
+            "finetune.train.eval_every=2",
+            "finetune.train.ckpt_every=2",
+            "finetune.train.log_every=1",
+            "finetune.train.lr=0.003",
+            "finetune.eval_batch_size=8",
             *extra,
         ]
     )
@@ -138,69 +139,24 @@ def test_linear_probe_trains_only_head_and_fc_norm(run_dir):
     assert changed == trainable
 
 
-def test_soft_cross_entropy_matches_torch():
-    logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
-    labels = torch.tensor([0, 1, 1, 3, 2, 1])
-    w = torch.tensor([0.5, 2.0, 1.0, 3.0])
-    onehot = F.one_hot(labels, 4).float()
-    torch.testing.assert_close(soft_cross_entropy(logits, onehot), F.cross_entropy(logits, labels))
-    torch.testing.assert_close(
-        soft_cross_entropy(logits, onehot, w), F.cross_entropy(logits, labels, weight=w)
-    )
-    from dermae.classify.finetune import one_hot_smooth
-
-    torch.testing.assert_close(
-        soft_cross_entropy(logits, one_hot_smooth(labels, 4, 0.1)),
-        F.cross_entropy(logits, labels, label_smoothing=0.1),
-    )
-
-
-def test_class_and_sample_weights_hand_case():
-    labels = np.array([0, 0, 0, 0, 1, 2, 2, 2, 2])  # counts 4, 1, 4, 0
-    torch.testing.assert_close(
-        class_weights(labels, 4), torch.tensor([0.5, 1.0, 0.5, 0.0]) / (2 / 3)
-    )
-    w = balanced_sample_weights(labels, 4)
-    assert np.allclose([w[labels == c].sum() for c in range(3)], 1.0)
-
-
-def test_val_evaluator_matches_sklearn(run_dir):
-    prepared = load_prepared(run_dir)
-    val = prepared.dataset(prepared.rows("val"))
-
-    class Fixed(torch.nn.Module):  # predicts class (index % 3) via the pixel mean rank
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-            self.calls = 0
-
-        def forward(self, images):
-            n = images.shape[0]
-            pred = (torch.arange(self.calls, self.calls + n) % 3).long()
-            self.calls += n
-            return F.one_hot(pred, 7).float() + self.w
-
-    task = torch.nn.Module()
-    task.model = Fixed()
-    scores = val_evaluator(val, batch_size=5)(task)
-    pred = np.arange(len(val)) % 3
-    assert scores["val_balanced_accuracy"] == pytest.approx(
-        balanced_accuracy_score(val.labels, pred)
-    )
-    assert scores["val_accuracy"] == pytest.approx((pred == val.labels).mean())
-
-
 def test_mixup_only_in_training(run_dir):
     cfg = micro_config(run_dir, "finetune.mixup=0.8", "finetune.cutmix=1.0", "finetune.loss=ce")
     prepared = load_prepared(run_dir)
     ds = prepared.dataset(prepared.rows("train"))
     task, _ = build_task(cfg, prepared, ds.labels, run_dir)
-    assert task.mixup is not None and task.weight is None
+    assert task.mix is not None and task.weights.numel() == 0
     images = torch.stack([ds[i]["image"] for i in range(8)])
     batch = {"image": images, "label": torch.as_tensor(ds.labels[:8])}
     task.eval()
     out = task(batch)
     torch.testing.assert_close(out["loss"], F.cross_entropy(task.model(images), batch["label"]))
+    with pytest.raises(ValueError, match="even batch"):
+        build_task(
+            micro_config(run_dir, "finetune.mixup=0.8", "finetune.train.batch_size=7"),
+            prepared,
+            ds.labels,
+            run_dir,
+        )
     task.train()
     torch.manual_seed(0)
     np.random.seed(0)
@@ -223,28 +179,6 @@ def test_layer_decay_groups_follow_vit_depth(run_dir):
     assert scale_of["patch_embed.proj.weight"] == 0.125
 
 
-@pytest.mark.parametrize("init", ["mae", "scratch"])
-def test_finetune_entry_saves_teacher(run_dir, monkeypatch, init):
-    calls = []
-    install_fake_fit(monkeypatch, calls, steps=2)
-    cfg = micro_config(run_dir, f"finetune.init={init}", "finetune.loss=balanced_sampler")
-    path = finetune(cfg, run_dir)
-    (call,) = calls
-    assert call["model"] is call["task"].model.net
-    assert call["layer_decay"] == 0.75 and call["select_metric"] == "val_balanced_accuracy"
-    assert len(call["dataset"]) == 28 + 7
-    weights = call["sampler_weights"]
-    labels = call["dataset"].labels
-    assert np.allclose([weights[labels == c].sum() for c in range(7)], 1.0)
-
-    model, config = load_classifier(path)
-    assert config["finetune"]["init"] == init
-    assert ("encoder" in config["finetune"]) == (init == "mae")
-    assert 0.0 <= config["finetune"]["val_balanced_accuracy"] <= 1.0
-    trained = call["task"].model.net.state_dict()
-    assert all(torch.equal(v, trained[k]) for k, v in model.net.state_dict().items())
-
-
 def test_bad_options_name_the_key(run_dir):
     prepared = load_prepared(run_dir)
     labels = np.zeros(3, dtype=int)
@@ -256,8 +190,75 @@ def test_bad_options_name_the_key(run_dir):
         build_task(micro_config(run_dir, "finetune.global_pool=max"), prepared, labels, run_dir)
 
 
-def test_finetune_task_logits_shape(run_dir):
-    model = classifier_for(run_dir)
-    task = FinetuneTask(model)
-    out = task({"image": torch.rand(3, 3, 16, 16), "label": torch.tensor([0, 1, 6])})
-    assert out["logits"].shape == (3, 7) and out["loss"].ndim == 0
+@pytest.mark.parametrize("init", ["mae", "scratch"])
+def test_finetune_entry_selects_best_and_saves_teacher(run_dir, monkeypatch, init):
+    seen = {}
+    real_fit = finetune_module.fit
+
+    def spy(task, dataset, cfg, out_dir, **kwargs):
+        seen.update(task=task, dataset=dataset, **kwargs)
+        return real_fit(task, dataset, cfg, out_dir, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "fit", spy)
+    cfg = micro_config(run_dir, f"finetune.init={init}", "finetune.loss=balanced_sampler")
+    path = finetune(cfg, run_dir)
+    assert path == run_dir / "teacher" / "model"
+    assert seen["model"] is seen["task"].model.net
+    assert seen["layer_decay"] == 0.75 and seen["select_metric"] == "balanced_accuracy"
+    assert len(seen["dataset"]) == 28 + 7  # train real + synthetic
+    labels = seen["dataset"].labels
+    weights = seen["sampler_weights"]
+    assert np.allclose([weights[labels == c].sum() for c in range(7)], 1.0)
+
+    log = [json.loads(line) for line in (run_dir / "teacher/train/metrics.jsonl").open()]
+    scores = {r["step"]: r["val_balanced_accuracy"] for r in log if "val_balanced_accuracy" in r}
+    assert sorted(scores) == [2, 4]
+    model, config = load_classifier(path)
+    best = config["finetune"]["best"]
+    assert best["score"] == max(scores.values()) and scores[best["step"]] == best["score"]
+    assert config["finetune"]["init"] == init
+    assert ("encoder" in config["finetune"]) == (init == "mae")
+    assert config["threshold"]["chosen_on"] == "val"
+    trained = seen["task"].model.net.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in model.net.state_dict().items())
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_finetune_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
+    extra = ("finetune.mixup=0.5", "finetune.cutmix=1.0")  # exercises numpy/python RNG too
+    runs = {}
+    for name in ("straight", "resumed"):
+        run = tmp_path / name
+        write_prepared(run, synthetic=7)
+        torch.manual_seed(0)
+        mae = build_mae(micro_config(run).pretrain, 16)
+        save_model(encoder_dir(run), mae.encoder, mae.encoder_config())
+        runs[name] = run
+    finetune(micro_config(runs["straight"], *extra), runs["straight"])
+
+    real_fit = finetune_module.fit
+
+    def stop_at_2(*args, **kwargs):
+        def on_step(step):
+            if step == 2:  # after the step-2 checkpoint
+                raise Interrupt
+
+        return real_fit(*args, on_step=on_step, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "fit", stop_at_2)
+    with pytest.raises(Interrupt):
+        finetune(micro_config(runs["resumed"], *extra), runs["resumed"])
+    monkeypatch.setattr(finetune_module, "fit", real_fit)
+    finetune(micro_config(runs["resumed"], *extra), runs["resumed"], resume=True)
+
+    a = load_file(str(runs["straight"] / "teacher/model/model.safetensors"))
+    b = load_file(str(runs["resumed"] / "teacher/model/model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    logs = [
+        [json.loads(x) for x in (r / "teacher/train/metrics.jsonl").open()] for r in runs.values()
+    ]
+    assert logs[0] == logs[1]

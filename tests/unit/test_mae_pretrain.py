@@ -7,12 +7,13 @@ import json
 import numpy as np
 import timm
 import torch
-from mae_fixtures import install_fake_fit, write_prepared
+from mae_fixtures import write_prepared
 from PIL import Image
 from safetensors.torch import load_file
 
 from dermae.config import load_config
 from dermae.data.prepared import load_prepared
+from dermae.pretrain import train as train_module
 from dermae.pretrain.mae import MAETask, resolve_vit
 from dermae.pretrain.train import pretrain, pretrain_rows, save_reconstruction_grid
 
@@ -28,6 +29,10 @@ def micro_config(run_dir, synthetic_ratio=1.0):
             f"pretrain.synthetic_ratio={synthetic_ratio}",
             "pretrain.grid_images=4",
             "pretrain.train.batch_size=8",
+            "pretrain.train.max_steps=6",
+            "pretrain.train.lr=0.003",
+            "pretrain.train.log_every=1",
+            "pretrain.augment=false",
         ]
     )
 
@@ -44,22 +49,29 @@ def test_pretrain_rows_are_train_only_with_synthetic_by_ratio(tmp_path):
 
 def test_pretrain_saves_timm_loadable_encoder_and_grid(tmp_path, monkeypatch):
     write_prepared(tmp_path, synthetic=6)
-    calls = []
-    install_fake_fit(monkeypatch, calls, steps=2)
+    seen = {}
+    real_fit = train_module.fit
+
+    def spy(task, dataset, cfg, out_dir, **kwargs):
+        seen.update(dataset=dataset, out_dir=out_dir, model=kwargs["model"], task=task)
+        return real_fit(task, dataset, cfg, out_dir, **kwargs)
+
+    monkeypatch.setattr(train_module, "fit", spy)
     path = pretrain(micro_config(tmp_path), tmp_path)
 
-    (call,) = calls
-    assert isinstance(call["task"], MAETask) and call["model"] is call["task"].model
-    assert len(call["dataset"]) == 28 + 6  # train real + synthetic; no val/test
-    assert call["out_dir"] == tmp_path / "pretrain"
+    assert isinstance(seen["task"], MAETask) and seen["model"] is seen["task"].model
+    rows = seen["dataset"].rows
+    assert len(rows) == 28 + 6 and set(rows["split"]) == {"train"}  # no val/test
+    log = [json.loads(line) for line in (tmp_path / "pretrain/train/metrics.jsonl").open()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
 
     config = json.loads((path / "config.json").read_text())
     assert config["kind"] == "vit_encoder" and config["image_size"] == 16
     arch, kwargs = resolve_vit("vit_micro_patch4")
     assert (config["arch"], config["model_kwargs"]) == (arch, kwargs)
     state = load_file(str(path / "model.safetensors"))
-    # The saved encoder equals the trained one.
-    trained = call["task"].model.encoder.state_dict()
+    trained = seen["model"].encoder.state_dict()  # the saved encoder is the trained one
+    assert state.keys() == trained.keys()
     assert all(torch.equal(state[k], trained[k]) for k in trained)
     net = timm.create_model(arch, num_classes=7, img_size=16, **config["model_kwargs"])
     result = net.load_state_dict(state, strict=False)

@@ -1,7 +1,7 @@
 """`dermae pretrain`: MAE pre-training of the ViT teacher on real + synthetic TRAIN images.
 
 Writes into `<run_dir>/pretrain/`:
-    metrics.jsonl, checkpoint/      the shared loop's log and resumable state
+    train/                          the shared loop's log and resumable state
     encoder/                        timm-loadable ViT encoder (model.safetensors + config.json,
                                     kind "vit_encoder"); loads into timm.create_model(arch,
                                     num_classes=C, img_size=image_size, **model_kwargs) with only
@@ -21,6 +21,7 @@ from torchvision.utils import make_grid, save_image
 from dermae.config import Config, to_dict
 from dermae.data.prepared import PreparedData, load_prepared
 from dermae.engine.checkpoint import save_model, seed_everything
+from dermae.engine.loop import fit
 from dermae.pretrain.mae import MAETask, MaskedAutoencoder, build_mae
 
 PRETRAIN_DIR = "pretrain"
@@ -80,14 +81,14 @@ def save_reconstruction_grid(
     return path
 
 
-def pretrain(cfg: Config, run_dir: str | Path) -> Path:
-    """MAE pre-training; returns the encoder checkpoint folder."""
-    from dermae.engine.loop import fit  # the shared loop (engine/loop.py)
-
+def pretrain(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
+    """MAE pre-training; returns the encoder checkpoint folder `<run_dir>/pretrain/encoder`."""
     run_dir = Path(run_dir)
     out_dir = run_dir / PRETRAIN_DIR
-    prepared = load_prepared(run_dir)
     mcfg = cfg.pretrain
+    prepared = load_prepared(
+        run_dir, with_synthetic=cfg.data.include_synthetic and mcfg.synthetic_ratio > 0
+    )
     transform = mae_augment(prepared.image_size, mcfg.min_crop_scale) if mcfg.augment else None
     train_set = prepared.dataset(pretrain_rows(cfg, prepared), transform)
 
@@ -97,14 +98,14 @@ def pretrain(cfg: Config, run_dir: str | Path) -> Path:
         task,
         train_set,
         mcfg.train,
-        out_dir,
+        out_dir / "train",
         model=task.model,
+        resume=resume,
         desc="pretrain",
-        run_config=to_dict(cfg),
+        run_config={"stage": to_dict(mcfg)},
+        num_workers=cfg.data.num_workers,
     )
-    mae: MaskedAutoencoder = result.task.model if hasattr(result, "task") else task.model
-    if result.model is not mae:  # the loop may hand back EMA or unwrapped weights
-        mae.load_state_dict(result.model.state_dict())
+    mae: MaskedAutoencoder = result.model  # EMA weights when train.ema_decay > 0
 
     path = save_model(encoder_dir(run_dir), mae.encoder.cpu(), mae.encoder_config())
     val_rows = prepared.rows("val")
