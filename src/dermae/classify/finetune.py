@@ -12,6 +12,7 @@ unexpected key raises `TransferError` naming the keys.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
