@@ -3,7 +3,9 @@
 Each (model, precision, phase) runs in a fresh subprocess so that peak RSS is its own.
 Phases: "mae" = one MAE pre-training step (encoder on 25 % of patches + decoder);
 "finetune" = one classifier step of the same ViT on all patches. Loops: "bare" = plain
-PyTorch AdamW loop; "fit" = the same steps through dermae.engine.loop.fit (when it exists).
+PyTorch AdamW loop (autocast, backward, clip, step); "fit" = the same steps through
+dermae.engine.loop.fit (Accelerate, timm AdamW + cosine schedule, logging), timed per step
+with its on_step hook, set-up and the final checkpoint left out.
 
 Other jobs share the CPU: timings are noisy; we report the median step time.
 
@@ -38,13 +40,15 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_one(model: str, precision: str, phase: str, loop: str, batch: int, size: int, steps: int):
-    """Child process: time `steps` training steps after 2 warm-up steps."""
+def run_one(
+    model: str, precision: str, phase: str, loop: str, batch: int, size: int, steps: int
+) -> list[dict]:
+    """Child process: time training steps with loop "bare", "fit" or "both" (interleaved)."""
     import contextlib
 
     import torch
 
-    from dermae.classify.finetune import FinetuneTask
+    from dermae.classify.common import ClassificationTask
     from dermae.classify.model import build_classifier, classifier_config
     from dermae.config import MAEConfig, TrainConfig
     from dermae.pretrain.mae import MAETask, build_mae, resolve_vit
@@ -60,24 +64,27 @@ def run_one(model: str, precision: str, phase: str, loop: str, batch: int, size:
         clf = build_classifier(
             classifier_config(arch, names, names[:3], size, {**kwargs, "global_pool": "avg"})
         )
-        task = FinetuneTask(clf)
+        task = ClassificationTask(clf, "label")
         trainable = clf.net
     n_params = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
+    row = _row_factory(model, phase, precision, batch, size, n_params, base_rss)
     gen = torch.Generator().manual_seed(0)
     batch_data = {
         "image": torch.rand(batch, 3, size, size, generator=gen),
         "label": torch.randint(0, 7, (batch,), generator=gen),
     }
 
-    if loop == "bare":
+    autocast = (
+        torch.autocast("cpu", dtype=torch.bfloat16)
+        if precision == "bf16"
+        else contextlib.nullcontext()
+    )
+
+    def bare_times(n: int) -> list[float]:
+        """n timed steps after 2 warm-up steps of a plain AdamW loop."""
         opt = torch.optim.AdamW([p for p in trainable.parameters() if p.requires_grad], lr=1e-4)
-        autocast = (
-            torch.autocast("cpu", dtype=torch.bfloat16)
-            if precision == "bf16"
-            else contextlib.nullcontext()
-        )
         times = []
-        for i in range(steps + 2):
+        for i in range(n + 2):
             t0 = time.perf_counter()
             with autocast:
                 loss = task(batch_data)["loss"]
@@ -87,50 +94,81 @@ def run_one(model: str, precision: str, phase: str, loop: str, batch: int, size:
             opt.step()
             if i >= 2:
                 times.append(time.perf_counter() - t0)
-        step_s, best_s = statistics.median(times), min(times)
-    else:
+        return times
+
+    def fit_times(n: int) -> list[float]:
+        """n timed steps of dermae's fit (2 warm-up steps and the checkpointing last one left out)."""
         from torch.utils.data import Dataset
 
         from dermae.engine.loop import fit
 
         class Repeat(Dataset):
             def __len__(self):
-                return batch * (steps + 2)
+                return batch * (n + 3)
 
             def __getitem__(self, i):
                 return {k: v[i % batch] for k, v in batch_data.items()}
 
         cfg = TrainConfig(
-            max_steps=steps + 2,
+            max_steps=n + 3,
             batch_size=batch,
             lr=1e-4,
             mixed_precision="bf16" if precision == "bf16" else "no",
-            log_every=1,
-            ckpt_every=10**9,
-            eval_every=10**9,
+            ckpt_every=10**9,  # only the final step checkpoints
         )
+        stamps: list[float] = []
         with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            fit(task, Repeat(), cfg, Path(tmp), model=trainable, resume=False)
-            total = time.perf_counter() - t0
-        step_s = best_s = total / (steps + 2)  # includes warm-up and set-up: an upper bound
-    return {
-        "model": model,
-        "phase": phase,
-        "precision": precision,
-        "loop": loop,
-        "batch": batch,
-        "image_size": size,
-        "params_m": round(n_params / 1e6, 2),
-        "step_s": round(step_s, 4),
-        "images_per_s": round(batch / step_s, 1),
-        "best_step_s": round(best_s, 4),
-        "best_images_per_s": round(batch / best_s, 1),
-        "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
-        "peak_rss_mb": round(_peak_mb(), 0),
-        "rss_growth_mb": round(_peak_mb() - base_rss, 0),
-        "threads": torch.get_num_threads(),
-    }
+            fit(
+                task,
+                Repeat(),
+                cfg,
+                Path(tmp),
+                model=trainable,
+                resume=False,
+                on_step=lambda _: stamps.append(time.perf_counter()),
+            )
+        return [b - a for a, b in zip(stamps[1:-2], stamps[2:-1], strict=True)]
+
+    timed: dict[str, list[float]] = {"bare": [], "fit": []}
+    if loop == "both":  # interleaved rounds, so that load drift hits both loops alike
+        for _ in range(3):
+            timed["bare"] += bare_times(steps)
+            timed["fit"] += fit_times(steps)
+    else:
+        timed[loop] = bare_times(steps) if loop == "bare" else fit_times(steps)
+    rows = []
+    for name, times in timed.items():
+        if times:
+            rows.append(row(name, statistics.median(times), min(times)))
+    if loop == "both":
+        for r in rows:
+            r["fit_over_bare_pct"] = round(100 * (rows[1]["step_s"] / rows[0]["step_s"] - 1), 1)
+    return rows
+
+
+def _row_factory(model, phase, precision, batch, size, n_params, base_rss):
+    import torch
+
+    def row(loop: str, step_s: float, best_s: float) -> dict:
+        return {
+            "model": model,
+            "phase": phase,
+            "precision": precision,
+            "loop": loop,
+            "batch": batch,
+            "image_size": size,
+            "params_m": round(n_params / 1e6, 2),
+            "step_s": round(step_s, 4),
+            "images_per_s": round(batch / step_s, 1),
+            "best_step_s": round(best_s, 4),
+            "best_images_per_s": round(batch / best_s, 1),
+            "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
+            "peak_rss_mb": round(_peak_mb(), 0),
+            "rss_growth_mb": round(_peak_mb() - base_rss, 0),
+            "threads": torch.get_num_threads(),
+        }
+
+    return row
 
 
 def main() -> None:
@@ -142,13 +180,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--out", default=str(RESULTS / "mae.json"))
     parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         m, prec, phase, loop, b, s, n = args.child
-        print(json.dumps(run_one(m, prec, phase, loop, int(b), int(s), int(n))))
+        print(json.dumps(run_one(m, prec, phase, loop, int(b), int(s), int(n))))  # list of rows
         return
 
     rows = []
@@ -158,7 +201,8 @@ def main() -> None:
                 for loop in args.loops:
                     child = [model, precision, phase, loop, args.batch, args.image_size, args.steps]
                     proc = subprocess.run(
-                        [sys.executable, __file__, "--child", *map(str, child)],
+                        [sys.executable, __file__, "--threads", str(args.threads), "--child"]
+                        + [str(c) for c in child],
                         capture_output=True,
                         text=True,
                         env={**os.environ, "PYTHONPATH": "src"},
@@ -166,9 +210,9 @@ def main() -> None:
                     if proc.returncode != 0:
                         print(f"FAILED {child}: {proc.stderr[-800:]}", file=sys.stderr)
                         continue
-                    row = json.loads(proc.stdout.strip().splitlines()[-1])
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+                    for row in json.loads(proc.stdout.strip().splitlines()[-1]):
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
     meta = {
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
@@ -189,14 +233,15 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"(load avg at end {meta['load_avg_at_end'][0]:.1f}; noisy). `{meta['command']}`",
         "",
         "| model | phase | precision | loop | batch | px | params (M) | s/step (median) | img/s (median) "
-        "| img/s (best step) | peak RSS (MB) | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| img/s (best step) | peak RSS (MB) | load avg | fit vs bare |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['phase']} | {r['precision']} | {r['loop']} | {r['batch']} | "
             f"{r['image_size']} | {r['params_m']} | {r['step_s']:.3f} | {r['images_per_s']:.0f} | "
-            f"{r['best_images_per_s']:.0f} | {r['peak_rss_mb']:.0f} | {r['load_avg_1min_at_end']} |"
+            f"{r['best_images_per_s']:.0f} | {r['peak_rss_mb']:.0f} | {r['load_avg_1min_at_end']} | "
+            + (f"{r['fit_over_bare_pct']:+.1f} % |" if "fit_over_bare_pct" in r else "|")
         )
     return "\n".join(lines) + "\n"
 
