@@ -115,6 +115,15 @@ def test_transfer_raises_on_other_image_size(run_dir):
         load_encoder(model.net, encoder_dir(run_dir))
 
 
+def test_transfer_names_config_mismatch(run_dir):
+    cfg = micro_config(run_dir, "finetune.model=vit_tiny_patch8")
+    prepared = load_prepared(run_dir)
+    with pytest.raises(TransferError, match="set finetune.model to the pretrain.model"):
+        build_task(cfg, prepared, np.zeros(3, dtype=int), run_dir)
+    model = classifier_for(run_dir)  # same ViT: passes the config check
+    assert load_encoder(model.net, encoder_dir(run_dir), model.config)["new"][-1] == "head.weight"
+
+
 def test_linear_probe_trains_only_head_and_fc_norm(run_dir):
     cfg = micro_config(run_dir, "finetune.linear_probe=true")
     prepared = load_prepared(run_dir)

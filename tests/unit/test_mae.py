@@ -119,6 +119,16 @@ def test_mae_loss_falls_on_fixed_batch():
     assert last < 0.75 * first, losses
 
 
+def test_bf16_autocast_loss_is_float32_and_close():
+    mae = micro_mae()
+    imgs = torch.randn(4, 3, 16, 16, generator=gen(12))
+    loss32, _, _ = mae(imgs, generator=gen(13))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss16, pred16, _ = mae(imgs, generator=gen(13))
+    assert pred16.dtype == torch.bfloat16 and loss16.dtype == torch.float32
+    assert abs(loss16.item() - loss32.item()) < 0.05 * loss32.item()
+
+
 def test_task_normalises_zero_one_images():
     mae = micro_mae()
     images = torch.rand(2, 3, 16, 16, generator=gen(9))

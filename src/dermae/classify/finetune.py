@@ -96,8 +96,18 @@ def check_transfer(
     return {"new": missing, "dropped": unexpected}
 
 
-def load_encoder(net: nn.Module, directory: str | Path) -> dict[str, list[str]]:
-    """Load a `vit_encoder` checkpoint into the timm ViT `net`; returns {"new", "dropped"} keys."""
+# Classifier-only timm options: they change no weight the encoder holds.
+HEAD_ONLY_KWARGS = ("global_pool", "drop_path_rate", "drop_rate", "fc_norm")
+
+
+def load_encoder(
+    net: nn.Module, directory: str | Path, expected: dict[str, Any] | None = None
+) -> dict[str, list[str]]:
+    """Load a `vit_encoder` checkpoint into the timm ViT `net`; returns {"new", "dropped"} keys.
+
+    `expected` (the classifier config) is compared with the encoder's arch, kwargs and image
+    size first, so that a mismatch is reported in config terms rather than tensor shapes.
+    """
     directory = Path(directory)
     config = load_config_json(directory)
     if config.get("kind") != "vit_encoder":
@@ -105,6 +115,16 @@ def load_encoder(net: nn.Module, directory: str | Path) -> dict[str, list[str]]:
             f"{directory} holds a '{config.get('kind')}' checkpoint, not a vit_encoder: "
             "run `dermae pretrain` first or use finetune.init=scratch"
         )
+    if expected is not None:
+        body = {k: v for k, v in expected["model_kwargs"].items() if k not in HEAD_ONLY_KWARGS}
+        mine = (expected["arch"], body, expected["image_size"])
+        theirs = (config.get("arch"), config.get("model_kwargs"), config.get("image_size"))
+        if mine != theirs:
+            raise TransferError(
+                f"encoder {directory} was pre-trained as (arch, kwargs, image_size) = {theirs}, "
+                f"but the classifier is {mine}: set finetune.model to the pretrain.model used "
+                "(and keep data.image_size), or use finetune.init=scratch"
+            )
     state = load_file(str(directory / MODEL_FILE))
     own = net.state_dict()
     shape_errors = [
@@ -150,7 +170,7 @@ def build_task(
     if fcfg.init == "mae":
         source = encoder_dir(run_dir)
         info["encoder"] = str(source)
-        info["new_keys"] = load_encoder(model.net, source)["new"]
+        info["new_keys"] = load_encoder(model.net, source, model.config)["new"]
     if fcfg.linear_probe:
         freeze_for_linear_probe(model.net)
     num_classes = len(view.class_names)
