@@ -33,14 +33,12 @@ from dermae.classify.thresholds import attach_thresholds
 from dermae.config import Config, to_dict
 from dermae.data.prepared import load_prepared
 from dermae.data.transforms import train_augment
+from dermae.distill.task import DistillTask, teacher_logits_for
 from dermae.engine.checkpoint import MODEL_FILE, save_model, seed_everything
 from dermae.engine.loop import fit
-from dermae.distill.task import DistillTask, teacher_logits_for
 
 TEACHER_DIR = "teacher"
 STATS_FILE = "model_stats.json"
-
-
 
 
 @torch.inference_mode()
