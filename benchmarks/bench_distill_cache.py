@@ -18,15 +18,16 @@ import time
 from pathlib import Path
 
 import torch
-from tests.helpers.metrics_stub import install_if_missing
-from tests.helpers.tiny_data import HAM_CLASSES, HAM_MALIGNANT, make_prepared
+from tests.helpers.tiny_data import make_prepared
 
 from dermae.classify.model import build_classifier, classifier_config, save_classifier
 from dermae.config import Config, DataConfig, DistillConfig, TrainConfig
+from dermae.data.classes import HAM10000_CLASSES, MALIGNANT_CODES
 from dermae.distill.task import DistillTask
+from dermae.distill.train import STATS_FILE, distill
 
-install_if_missing()  # until dermae.evaluate.metrics is on main
-from dermae.distill.train import STATS_FILE, distill  # noqa: E402
+HAM_CLASSES = list(HAM10000_CLASSES)
+HAM_MALIGNANT = [c for c in HAM_CLASSES if c in MALIGNANT_CODES]
 
 TEACHER_KWARGS = {"patch_size": 8, "embed_dim": 192, "depth": 12, "num_heads": 3}
 
@@ -47,12 +48,18 @@ def step_seconds(task: DistillTask, batch: dict, repeats: int) -> float:
     return statistics.median(times)
 
 
+def stats_rows(stage_dir: Path) -> int:
+    rows = json.loads((stage_dir / "model" / "config.json").read_text())["distilled"]["train_rows"]
+    return rows["real"] + rows["synthetic"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("/tmp/distill/cache.json"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/distill/bench_run"))
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--train-per-class", type=int, default=92)  # 644 train images
+    # make_prepared puts 60 % of each class's lesions in train: 150/class -> 630 train images.
+    parser.add_argument("--per-class", type=int, default=150)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--student", default="efficientnet_b0")
@@ -60,14 +67,13 @@ def main() -> None:
     args = parser.parse_args()
 
     work = args.work
-    counts = {"train": args.train_per_class, "val": 4, "test": 1}
-    make_prepared(work, counts, args.size, HAM_CLASSES)
+    make_prepared(work, args.per_class, args.size, tuple(HAM_CLASSES))
     torch.manual_seed(0)
     teacher_cfg = classifier_config(
         "vit_tiny_patch16_224", HAM_CLASSES, HAM_MALIGNANT, args.size, TEACHER_KWARGS
     )
     teacher = build_classifier(teacher_cfg)
-    save_classifier(work / "teacher", teacher)
+    save_classifier(work / "teacher" / "model", teacher)
 
     student = build_classifier(
         classifier_config(args.student, HAM_CLASSES, HAM_MALIGNANT, args.size)
@@ -83,7 +89,6 @@ def main() -> None:
 
     runs = {}
     for use_cache in (False, True):
-        n_train = args.train_per_class * len(HAM_CLASSES)
         train = TrainConfig(
             epochs=args.epochs, batch_size=args.batch, lr=1e-3, log_every=5, eval_every=10_000
         )
@@ -104,7 +109,7 @@ def main() -> None:
             "train_seconds": stats["train_seconds"],
             "teacher_cache_seconds": stats["teacher_cache_seconds"],
             "steps": stats["steps"],
-            "train_images": n_train,
+            "train_images": stats_rows(work / stage),
         }
     result = {
         "machine": {

@@ -2,8 +2,7 @@ import json
 
 import pytest
 import torch
-from tests.helpers.metrics_stub import install_if_missing
-from tests.helpers.tiny_data import make_prepared, torch_threads
+from tests.helpers.tiny_data import add_synthetic, make_prepared, torch_threads
 from torch import nn
 
 from dermae.classify.model import (
@@ -13,12 +12,11 @@ from dermae.classify.model import (
     save_classifier,
 )
 from dermae.config import Config, DataConfig, DistillConfig, TrainConfig
+from dermae.data.prepared import load_prepared
+from dermae.distill.train import STATS_FILE, distill, student_stats
 from dermae.engine.checkpoint import MODEL_FILE
 
-install_if_missing()  # dermae.evaluate.metrics lives on another branch until merged
-from dermae.distill.train import STATS_FILE, distill, student_stats  # noqa: E402
-
-CLASSES = ["bcc", "mel", "nv"]
+CLASSES = ("bcc", "mel", "nv")
 
 
 @pytest.fixture(autouse=True)
@@ -57,17 +55,19 @@ def test_student_stats_match_a_hand_count():
 
 
 def test_distill_end_to_end_writes_a_student_and_honest_stats(tmp_path):
-    make_prepared(tmp_path, n_per_class=4, size=16, classes=CLASSES, synthetic_per_class=2)
-    save_teacher(tmp_path / "teacher", 16)
+    make_prepared(tmp_path, n_per_class=10, size=16, classes=CLASSES)
+    add_synthetic(tmp_path, n_per_class=2)
+    save_teacher(tmp_path / "teacher" / "model", 16)  # where `dermae finetune` puts it
     model_dir = distill(tiny_config(tmp_path), tmp_path)
+    n_real = len(load_prepared(tmp_path).rows("train"))
 
     assert model_dir == tmp_path / "student" / "model"
     student, config = load_classifier(model_dir)
-    assert config["arch"] == "test_efficientnet" and config["class_names"] == CLASSES
+    assert config["arch"] == "test_efficientnet" and config["class_names"] == list(CLASSES)
     assert config["threshold"]["chosen_on"] == "val"
     assert set(config["thresholds"]) == {"spec@0.90", "spec@0.95"}
-    assert config["distilled"]["train_rows"] == {"real": 12, "synthetic": 6}
-    assert config["distilled"]["teacher"] == str(tmp_path / "teacher")
+    assert config["distilled"]["train_rows"] == {"real": n_real, "synthetic": 6}
+    assert config["distilled"]["teacher"] == str(tmp_path / "teacher" / "model")
 
     stats = json.loads((tmp_path / "student" / STATS_FILE).read_text())
     assert stats["parameters"] == sum(p.numel() for p in student.parameters())
@@ -75,7 +75,7 @@ def test_distill_end_to_end_writes_a_student_and_honest_stats(tmp_path):
     assert stats["flops_per_image"] == student_stats(student, 16, latency_runs=1)["flops_per_image"]
     assert stats["flops_per_image"] > 2 * stats["parameters"] > 0  # convs reuse weights per pixel
     assert stats["image_size"] == 16 and stats["latency_ms_cpu_batch1"] > 0
-    teacher, _ = load_classifier(tmp_path / "teacher")
+    teacher, _ = load_classifier(tmp_path / "teacher" / "model")
     assert stats["teacher"]["parameters"] == sum(p.numel() for p in teacher.parameters())
     assert stats["steps"] == 4
 
@@ -87,25 +87,28 @@ def test_distill_end_to_end_writes_a_student_and_honest_stats(tmp_path):
 
 
 def test_distill_with_cached_logits_and_a_teacher_at_another_resolution(tmp_path):
-    make_prepared(tmp_path, n_per_class=3, size=16, classes=CLASSES)
-    save_teacher(tmp_path / "big_teacher", 32)
+    make_prepared(tmp_path, n_per_class=10, size=16, classes=CLASSES)
+    add_synthetic(tmp_path, n_per_class=2)
+    save_teacher(tmp_path / "big_teacher" / "model", 32)
     cfg = tiny_config(tmp_path, cache_teacher_logits=True, alpha=1.0)
+    # A stage folder holding model/ is accepted as teacher_dir too.
     model_dir = distill(
         cfg, tmp_path, teacher_dir=tmp_path / "big_teacher", stage="abl", include_synthetic=False
     )
+    n_real = len(load_prepared(tmp_path).rows("train"))
     assert model_dir == tmp_path / "abl" / "model"
     _, config = load_classifier(model_dir)
     assert config["image_size"] == 16
     assert config["distilled"]["teacher_image_size"] == 32
     assert config["distilled"]["cache_teacher_logits"] is True
-    assert config["distilled"]["train_rows"] == {"real": 9, "synthetic": 0}
+    assert config["distilled"]["train_rows"] == {"real": n_real, "synthetic": 0}
     stats = json.loads((tmp_path / "abl" / STATS_FILE).read_text())
     assert stats["teacher"]["image_size"] == 32 and stats["teacher_cache_seconds"] > 0
 
 
 def test_a_teacher_with_other_classes_is_refused(tmp_path):
-    make_prepared(tmp_path, n_per_class=2, size=16, classes=CLASSES)
-    save_teacher(tmp_path / "teacher", 16, classes=["benign", "malignant", "other"])
+    make_prepared(tmp_path, n_per_class=4, size=16, classes=CLASSES)
+    save_teacher(tmp_path / "teacher" / "model", 16, classes=("benign", "malignant", "other"))
     with pytest.raises(ValueError, match="teacher"):
         distill(tiny_config(tmp_path), tmp_path)
     with pytest.raises(FileNotFoundError, match="finetune"):

@@ -1,7 +1,7 @@
 """`dermae distill`: a small timm student learns from the fine-tuned teacher (+ hard labels).
 
 Reads `<run_dir>/data/` (real + synthetic train rows) and the teacher classifier
-(`<run_dir>/teacher/` unless told otherwise); writes `<run_dir>/<stage>/train/` (the loop's
+(`<run_dir>/teacher/model/` unless told otherwise); writes `<run_dir>/<stage>/train/` (the loop's
 log and resumable state), `<run_dir>/<stage>/model/` (classifier checkpoint with validation
 thresholds) and `<run_dir>/<stage>/model_stats.json` (size, FLOPs, CPU latency).
 """
@@ -34,11 +34,24 @@ from dermae.config import Config, to_dict
 from dermae.data.prepared import load_prepared
 from dermae.data.transforms import train_augment
 from dermae.distill.task import DistillTask, teacher_logits_for
-from dermae.engine.checkpoint import MODEL_FILE, save_model, seed_everything
+from dermae.engine.checkpoint import CONFIG_FILE, MODEL_FILE, save_model, seed_everything
 from dermae.engine.loop import fit
 
-TEACHER_DIR = "teacher"
+TEACHER_DIR = "teacher"  # `dermae finetune` writes the teacher classifier to teacher/model
 STATS_FILE = "model_stats.json"
+
+
+def resolve_teacher(run_dir: Path, teacher_dir: str | Path | None = None) -> Path:
+    """The teacher's classifier folder: `teacher_dir` (a classifier folder, or a stage folder
+    holding `model/`), else `<run_dir>/teacher/model`."""
+    start = Path(teacher_dir) if teacher_dir is not None else run_dir / TEACHER_DIR
+    for candidate in (start, start / "model"):
+        if (candidate / CONFIG_FILE).exists():
+            return candidate
+    raise FileNotFoundError(
+        f"no teacher classifier in {start} (looked for {CONFIG_FILE} there and in model/): "
+        "run `dermae finetune` first, or pass the teacher's classifier folder"
+    )
 
 
 @torch.inference_mode()
@@ -112,12 +125,7 @@ def distill(
     """
     dcfg = cfg.distill
     run_dir = Path(run_dir)
-    teacher_dir = Path(teacher_dir) if teacher_dir is not None else run_dir / TEACHER_DIR
-    if not (teacher_dir / "config.json").exists():
-        raise FileNotFoundError(
-            f"no teacher classifier in {teacher_dir}: run `dermae finetune` first "
-            "(or pass the teacher folder)"
-        )
+    teacher_dir = resolve_teacher(run_dir, teacher_dir)
     teacher, teacher_config = load_classifier(teacher_dir)
     if include_synthetic is None:
         include_synthetic = cfg.data.include_synthetic
