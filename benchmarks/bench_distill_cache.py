@@ -58,13 +58,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/distill/cache.json"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/distill/bench_run"))
     parser.add_argument("--size", type=int, default=64)
-    # make_prepared puts 60 % of each class's lesions in train: 150/class -> 630 train images.
-    parser.add_argument("--per-class", type=int, default=150)
+    # make_prepared puts 60 % of each class's lesions in train: 100/class -> 420 train images.
+    parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--student", default="efficientnet_b0")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     work = args.work
     make_prepared(work, args.per_class, args.size, tuple(HAM_CLASSES))

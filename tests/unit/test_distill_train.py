@@ -113,3 +113,16 @@ def test_a_teacher_with_other_classes_is_refused(tmp_path):
         distill(tiny_config(tmp_path), tmp_path)
     with pytest.raises(FileNotFoundError, match="finetune"):
         distill(tiny_config(tmp_path), tmp_path, teacher_dir=tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    "arch",
+    ["efficientnet_b0", "mobilenetv3_large_100", "mobilenetv3_small_100", "vit_tiny_patch16_224"],
+)
+def test_supported_students_build_at_the_working_resolution(arch):
+    student = build_classifier(classifier_config(arch, CLASSES, ["bcc", "mel"], 32))
+    assert student(torch.rand(2, 3, 32, 32)).shape == (2, 3)
+    stats = student_stats(student, 32, latency_runs=1, warmup=0)
+    assert stats["parameters"] == sum(p.numel() for p in student.net.parameters())
+    assert stats["size_bytes"] >= 4 * stats["parameters"]  # fp32 weights plus a header
+    assert stats["flops_per_image"] > 0
