@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from tests.helpers.tiny_data import add_synthetic, make_prepared, torch_threads
 from torch import nn
 
@@ -104,6 +105,20 @@ def test_distill_with_cached_logits_and_a_teacher_at_another_resolution(tmp_path
     assert config["distilled"]["train_rows"] == {"real": n_real, "synthetic": 0}
     stats = json.loads((tmp_path / "abl" / STATS_FILE).read_text())
     assert stats["teacher"]["image_size"] == 32 and stats["teacher_cache_seconds"] > 0
+
+    # Run again: the loop resumes at its last step, so the student comes out unchanged.
+    first = load_file(str(model_dir / MODEL_FILE))
+    distill(
+        cfg,
+        tmp_path,
+        teacher_dir=tmp_path / "big_teacher",
+        stage="abl",
+        include_synthetic=False,
+        resume=True,
+    )
+    again = load_file(str(model_dir / MODEL_FILE))
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
 
 
 def test_a_teacher_with_other_classes_is_refused(tmp_path):
