@@ -17,7 +17,7 @@ from dermae.config import DataConfig, default_data_root
 from dermae.data.cache import load_square
 from dermae.data.classes import HAM10000_CLASSES
 from dermae.data.errors import DataError
-from dermae.data.prepare import prepare_dataset
+from dermae.data.prepare import is_prepared, prepare_dataset
 from dermae.data.prepared import MANIFEST_COLUMNS, load_prepared
 from dermae.data.toy import write_toy_dataset
 
@@ -78,7 +78,10 @@ def test_prepare_writes_consistent_files(toy, tmp_path: Path, capsys) -> None:
 def test_prepare_is_idempotent_and_reuses_the_cache(toy, tmp_path: Path, monkeypatch) -> None:
     root, _ = toy
     run = tmp_path / "run"
+    assert not is_prepared(_cfg(root), run)
     prepare_dataset(_cfg(root), run, progress=False)
+    assert is_prepared(_cfg(root, synthetic_ratio=0.5), run)
+    assert not is_prepared(_cfg(root, image_size=20), run)
     files = {n: (run / "data" / n).read_bytes() for n in ["manifest.csv", "info.json"]}
     mtime = os.stat(run / "data" / "images.npy").st_mtime_ns
 

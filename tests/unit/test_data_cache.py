@@ -153,3 +153,16 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     upright = Image.fromarray(pixels).transpose(Image.Transpose.ROTATE_270)  # 30 wide, 40 tall
     expected = upright.crop((0, 5, 30, 35)).resize((16, 16), Image.Resampling.BICUBIC)
     np.testing.assert_array_equal(load_square(tmp_path / "turned.png", 16)[0], np.asarray(expected))
+
+
+def test_process_pool_gives_the_same_cache(tmp_path: Path) -> None:
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(_pattern(20, 26, i)).convert("L" if i == 2 else "RGB").save(paths[-1])
+    paths.insert(3, tmp_path / "missing.png")
+    one = build_image_cache(paths, 8, tmp_path / "one.npy", progress=False)
+    two = build_image_cache(paths, 8, tmp_path / "two.npy", progress=False, workers=2)
+    np.testing.assert_array_equal(np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy"))
+    assert one.failures == two.failures and list(two.failures) == [3]
+    assert one.converted == two.converted == {"L": 1}

@@ -69,6 +69,12 @@ def _is_prepared(out: Path, key: dict) -> bool:
         return False
 
 
+def is_prepared(cfg: DataConfig, run_dir: str | Path) -> bool:
+    """True when `<run_dir>/data/` was prepared from this data config and these source files."""
+    detect_layout(cfg.root, cfg.layout)
+    return _is_prepared(data_dir(run_dir), prepare_key(cfg))
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -140,7 +146,9 @@ def prepare_dataset(
     skipped = list(ingested.skipped)
     rows = subset_groups(ingested.rows, cfg.limit, seed=cfg.split_seed).reset_index(drop=True)
 
-    cache = build_image_cache(list(rows["path"]), cfg.image_size, out / "images.npy", progress)
+    cache = build_image_cache(
+        list(rows["path"]), cfg.image_size, out / "images.npy", progress, cfg.num_workers
+    )
     rows["cache_index"] = range(len(rows))
     if cache.failures:
         bad = rows.loc[sorted(cache.failures)]
