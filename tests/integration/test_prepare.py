@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 import dermae.data.prepare as prepare_module
-from dermae.config import DataConfig, default_data_root
+from dermae.config import Config, DataConfig, default_data_root
 from dermae.data.cache import load_square
 from dermae.data.classes import HAM10000_CLASSES
 from dermae.data.errors import DataError
-from dermae.data.prepare import is_prepared, prepare_dataset
+from dermae.data.prepare import is_prepared, prepare_dataset, prepare_external, prepare_stage
 from dermae.data.prepared import MANIFEST_COLUMNS, load_prepared
 from dermae.data.toy import write_toy_dataset
 
@@ -175,6 +175,23 @@ def test_bad_config_values(toy, tmp_path: Path) -> None:
         prepare_dataset(_cfg(root, image_size=4), tmp_path / "run")
     with pytest.raises(DataError, match="does not exist"):
         prepare_dataset(_cfg(tmp_path / "missing"), tmp_path / "run")
+
+
+def test_prepare_stage_and_external_set(toy, tmp_path: Path) -> None:
+    root, _ = toy
+    run = tmp_path / "run"
+    assert prepare_stage(Config(data=_cfg(root, limit=21)), run) == run / "data"
+    assert load_prepared(run).manifest["group_id"].nunique() == 21
+    # An external ISIC-style set with other classes: all of it is "test", nothing subset.
+    ext_root = tmp_path / "isic"
+    truth = write_toy_dataset(ext_root, "isic", classes=["mel", "nv", "scc"], lesions_per_class=2)
+    ext = prepare_external(_cfg(root, limit=21, image_size=12), ext_root, run / "external" / "x")
+    assert ext.class_names == ["mel", "nv", "scc"] and ext.image_size == 12
+    assert len(ext.rows("test")) == len(truth) and ext.rows("train").empty
+    assert sorted(ext.manifest["image_id"]) == sorted(truth["image_id"])
+    info = json.loads((run / "external" / "x" / "data" / "info.json").read_text())
+    assert info["external"] is True and info["layout"] == "isic"
+    assert load_prepared(run).manifest["group_id"].nunique() == 21  # the run's data untouched
 
 
 def _real_root() -> Path | None:

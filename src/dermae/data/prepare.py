@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dermae.config import DataConfig
+from dermae.config import Config, DataConfig
 from dermae.data.cache import build_image_cache
 from dermae.data.classes import MALIGNANT_CODES
 from dermae.data.errors import DataError
@@ -72,7 +72,7 @@ def _is_prepared(out: Path, key: dict) -> bool:
 def is_prepared(cfg: DataConfig, run_dir: str | Path) -> bool:
     """True when `<run_dir>/data/` was prepared from this data config and these source files."""
     detect_layout(cfg.root, cfg.layout)
-    return _is_prepared(data_dir(run_dir), prepare_key(cfg))
+    return _is_prepared(data_dir(run_dir), {**prepare_key(cfg), "external": False})
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -126,10 +126,33 @@ def prepare_dataset(
     cfg: DataConfig, run_dir: str | Path, progress: bool = True, force: bool = False
 ) -> PreparedData:
     """Write `<run_dir>/data/` for `cfg` (skipped when already there) and load it."""
+    return _prepare(cfg, run_dir, progress, force, external=False)
+
+
+def prepare_stage(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
+    """Pipeline stage `prepare`; returns `<run_dir>/data`. (`resume` is moot: prepare is
+    idempotent and its image cache is reused.)"""
+    prepare_dataset(cfg.data, run_dir)
+    return data_dir(run_dir)
+
+
+def prepare_external(
+    cfg: DataConfig, root: str | Path, run_dir: str | Path, progress: bool = True
+) -> PreparedData:
+    """An external evaluation set at `root` (any layout), cached like the run's data with the
+    same image size, every image in the "test" split, written to `<run_dir>/data/`. Nothing is
+    subset; labels index the set's own classes (the evaluator matches them by diagnosis)."""
+    external = dataclasses.replace(cfg, root=str(root), layout="auto", limit=0)
+    return _prepare(external, run_dir, progress, force=False, external=True)
+
+
+def _prepare(
+    cfg: DataConfig, run_dir: str | Path, progress: bool, force: bool, external: bool
+) -> PreparedData:
     _check_config(cfg)
     out = data_dir(run_dir)
     detect_layout(cfg.root, cfg.layout)  # fails early with a clear message
-    key = prepare_key(cfg)
+    key = {**prepare_key(cfg), "external": external}
     if not force and _is_prepared(out, key):
         info = json.loads((out / "info.json").read_text())
         print(f"data: {out} is up to date ({info['n_images']} images); nothing to do")
@@ -179,7 +202,10 @@ def prepare_dataset(
             for c in lost
         ]
 
-    rows["split"] = assign_splits(rows, cfg.val_frac, cfg.test_frac, seed=cfg.split_seed)
+    if external:
+        rows["split"] = "test"
+    else:
+        rows["split"] = assign_splits(rows, cfg.val_frac, cfg.test_frac, seed=cfg.split_seed)
     if cfg.label == "malignant":
         class_names = BINARY_CLASSES
         malignant_classes = ["malignant"]
@@ -211,6 +237,7 @@ def prepare_dataset(
         "skipped_file": "skipped.csv",
         "converted": cache.converted,  # original image mode -> images converted to RGB
         "layout": ingested.layout,
+        "external": external,  # an evaluation-only set: every image in "test"
         "source": str(ingested.source),
         "root": str(resolve_root(cfg.root)),
         "notes": ingested.notes,
