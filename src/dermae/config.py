@@ -127,6 +127,9 @@ class MAEConfig:
     decoder_heads: int = 4
     norm_pix_loss: bool = True
     synthetic_ratio: float = 1.0
+    augment: bool = True  # random resized crop + flips
+    min_crop_scale: float = 0.3  # smallest crop area fraction of the random resized crop
+    grid_images: int = 8  # validation images in pretrain/reconstructions.png (viewing only)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=1.5e-3))
 
 
@@ -139,8 +142,12 @@ class FinetuneConfig:
     drop_path: float = 0.1
     mixup: float = 0.0
     cutmix: float = 0.0
-    loss: str = "weighted_ce"
+    loss: str = "weighted_ce"  # ce | weighted_ce | balanced_sampler
     synthetic_ratio: float = 1.0
+    global_pool: str = "avg"  # avg (MAE recipe: new fc_norm, encoder's final norm dropped) | token
+    label_smoothing: float = 0.0
+    augment: bool = True
+    eval_batch_size: int = 256
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=1e-3))
 
 
