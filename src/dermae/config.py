@@ -156,9 +156,12 @@ class DistillConfig:
     model: str = "efficientnet_b0"
     alpha: float = 0.7
     temperature: float = 2.0
-    cache_teacher_logits: bool = False
-    loss: str = "ce"
+    cache_teacher_logits: bool = False  # teacher run once on un-augmented train images
+    loss: str = "ce"  # ce | weighted_ce | balanced_sampler (hard-label part only)
     synthetic_ratio: float = 1.0
+    augment: bool = True
+    drop_rate: float = 0.1
+    latency_runs: int = 30  # batch-1 CPU timings behind model_stats.json's median latency
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=2e-3))
 
 
