@@ -64,6 +64,10 @@ def open_image(
                     "not_an_image",
                     f"{label}: not a readable image; use JPEG, PNG, WebP, BMP or TIFF",
                 ) from None
+            except (OSError, SyntaxError, ValueError, EOFError) as err:
+                raise ImageError(
+                    "truncated", f"{label}: image header is truncated or corrupt ({err})"
+                ) from None
             if image.format not in ALLOWED_FORMATS:
                 raise ImageError(
                     "unsupported_format",
@@ -79,13 +83,13 @@ def open_image(
                 )
             try:
                 image.load()
-            except (OSError, SyntaxError, ValueError) as err:
+            except (OSError, SyntaxError, ValueError, EOFError) as err:
                 raise ImageError(
                     "truncated", f"{label}: image data is truncated or corrupt ({err})"
                 ) from None
             image = ImageOps.exif_transpose(image)
             return image.convert("RGB")
-    except OSError as err:  # unreadable file (permissions, I/O)
+    except OSError as err:  # the file itself cannot be read (permissions, I/O)
         raise ImageError("unreadable", f"{label}: cannot read file ({err})") from None
 
 

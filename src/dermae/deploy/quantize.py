@@ -26,6 +26,7 @@ import json
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -144,9 +145,12 @@ def classification_metrics(
     auroc = None
     if 0 < is_malignant.sum() < len(is_malignant):
         auroc = float(roc_auc_score(is_malignant, malignant_risk(probs, malignant_index)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true" on small sets
+        balanced = float(balanced_accuracy_score(labels, pred))
     return {
         "accuracy": float(accuracy_score(labels, pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(labels, pred)),
+        "balanced_accuracy": balanced,
         "malignant_auroc": auroc,
     }
 

@@ -42,21 +42,23 @@ def threshold_from_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def choose_threshold(risk: np.ndarray, malignant: np.ndarray, specificity: float) -> float:
-    """Smallest risk threshold whose specificity on these (validation) rows is >= `specificity`.
+    """Lowest risk threshold with specificity >= `specificity` on these (validation) rows.
 
-    A case is flagged when risk >= threshold; the threshold sits just above the
-    benign risk quantile so at least `specificity` of benign cases stay below it.
+    A case is flagged when risk >= threshold. The threshold sits halfway between the
+    highest benign risk that must stay below it and the next larger benign risk, so
+    float32 / float64 rounding of the same risks cannot flip a decision.
     """
-    risk = np.asarray(risk, dtype=np.float64)
-    benign = np.sort(risk[np.asarray(malignant) == 0])
+    benign = np.sort(np.asarray(risk, dtype=np.float64)[np.asarray(malignant) == 0])
     if len(benign) == 0:
         raise ValueError("cannot choose a threshold: no benign cases in the validation data")
-    keep = int(np.ceil(specificity * len(benign)))  # benign cases that must stay below
+    keep = int(np.ceil(specificity * len(benign) - 1e-9))  # benign cases that must stay below
     if keep <= 0:
         return float(benign[0])
-    if keep >= len(benign):
-        return float(np.nextafter(benign[-1], np.inf))
-    return float(np.nextafter(benign[keep - 1], np.inf))
+    below = benign[keep - 1]
+    above = benign[benign > below]
+    if len(above) == 0:
+        return float(below + max(1e-6, abs(below) * 1e-6))
+    return float((below + above[0]) / 2)
 
 
 def spec_from_config(
