@@ -32,8 +32,12 @@ def one_torch_thread():
 def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     torch.manual_seed(0)
-    config = classifier_config("test_efficientnet", list(HAM10000_CLASSES), ["akiec", "bcc", "mel"], SIZE)
-    ckpt = save_classifier(root / "ckpt", build_classifier(config), {"threshold": {"malignant_risk": 0.4}})
+    config = classifier_config(
+        "test_efficientnet", list(HAM10000_CLASSES), ["akiec", "bcc", "mel"], SIZE
+    )
+    ckpt = save_classifier(
+        root / "ckpt", build_classifier(config), {"threshold": {"malignant_risk": 0.4}}
+    )
     export = export_onnx(ckpt, root / "export", int8=False, threads=1)
     return ckpt, export
 

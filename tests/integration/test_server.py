@@ -27,8 +27,12 @@ def export_dir(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("server")
     torch.manual_seed(0)
-    config = classifier_config("test_efficientnet", list(HAM10000_CLASSES), ["akiec", "bcc", "mel"], SIZE)
-    ckpt = save_classifier(root / "ckpt", build_classifier(config), {"threshold": {"malignant_risk": 0.4}})
+    config = classifier_config(
+        "test_efficientnet", list(HAM10000_CLASSES), ["akiec", "bcc", "mel"], SIZE
+    )
+    ckpt = save_classifier(
+        root / "ckpt", build_classifier(config), {"threshold": {"malignant_risk": 0.4}}
+    )
     out = export_onnx(ckpt, root / "export", int8=False, threads=1)
     torch.set_num_threads(before)
     return out
@@ -36,7 +40,9 @@ def export_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(export_dir):
-    app = create_app(export_dir, max_upload_bytes=200_000, max_pixels=4_000_000, timeout_s=5, threads=1)
+    app = create_app(
+        export_dir, max_upload_bytes=200_000, max_pixels=4_000_000, timeout_s=5, threads=1
+    )
     with TestClient(app) as c:
         yield c
 
@@ -111,7 +117,10 @@ def test_declared_content_length_over_limit_is_413_before_reading(client):
     response = client.post(
         "/predict",
         content=b"x" * 10,
-        headers={"content-type": "multipart/form-data; boundary=abc", "content-length": "999999999"},
+        headers={
+            "content-type": "multipart/form-data; boundary=abc",
+            "content-length": "999999999",
+        },
     )
     assert_error(response, 413, "upload_too_large")
 
@@ -154,7 +163,9 @@ def test_decompression_bomb_is_413(client):
 
 
 def test_missing_file_field_is_422(client):
-    response = client.post("/predict", files={"image": ("a.jpg", encode(lesion_like()), "image/jpeg")})
+    response = client.post(
+        "/predict", files={"image": ("a.jpg", encode(lesion_like()), "image/jpeg")}
+    )
     assert_error(response, 422, "missing_file")
     empty = client.post("/predict", files={"file": ("a.jpg", b"", "image/jpeg")})
     assert_error(empty, 422, "empty_file")
@@ -179,7 +190,9 @@ def test_slow_inference_is_504(export_dir, monkeypatch):
     monkeypatch.setattr(predictor, "predict_image", slow)
     with TestClient(app) as c:
         started = time.perf_counter()
-        response = c.post("/predict", files={"file": ("a.jpg", encode(lesion_like()), "image/jpeg")})
+        response = c.post(
+            "/predict", files={"file": ("a.jpg", encode(lesion_like()), "image/jpeg")}
+        )
         assert time.perf_counter() - started < 0.9  # answered at the timeout, not after the work
     assert_error(response, 504, "timeout")
 
@@ -205,7 +218,11 @@ def test_uploads_are_never_written_to_disk(export_dir, monkeypatch):
 def test_health_model_page_and_docs(client):
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["backend"] == "onnx"
-    assert health["limits"] == {"max_upload_bytes": 200_000, "max_pixels": 4_000_000, "timeout_s": 5}
+    assert health["limits"] == {
+        "max_upload_bytes": 200_000,
+        "max_pixels": 4_000_000,
+        "timeout_s": 5,
+    }
     card = client.get("/model").json()
     assert "10.1038/sdata.2018.161" in card["training_data"]["citation"]
     assert card["threshold"]["malignant_risk"] == 0.4

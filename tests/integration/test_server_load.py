@@ -2,51 +2,20 @@
 
 import asyncio
 import io
-import socket
-import threading
 import time
 
 import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
 from PIL import Image
 
 from dermae.classify.model import build_classifier, classifier_config, save_classifier
 from dermae.data.classes import HAM10000_CLASSES
 from dermae.deploy.export import export_onnx
-from dermae.deploy.server import create_app
+from dermae.deploy.server import background_server, create_app
 
 CONCURRENT = 60
-
-
-class ServerThread:
-    """uvicorn in a background thread on a free port; stops on exit."""
-
-    def __init__(self, app):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start within 20 s")
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +24,9 @@ def export_dir(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("load")
     torch.manual_seed(0)
-    config = classifier_config("test_efficientnet", list(HAM10000_CLASSES), ["akiec", "bcc", "mel"], 32)
+    config = classifier_config(
+        "test_efficientnet", list(HAM10000_CLASSES), ["akiec", "bcc", "mel"], 32
+    )
     ckpt = save_classifier(root / "ckpt", build_classifier(config))
     out = export_onnx(ckpt, root / "export", int8=False, threads=1)
     torch.set_num_threads(before)
@@ -83,7 +54,7 @@ async def fire(base_url, images):
 def test_concurrent_requests_all_succeed_with_consistent_answers(export_dir):
     images = [jpeg(s) for s in range(4)]
     app = create_app(export_dir, timeout_s=20, threads=1)
-    with ServerThread(app) as base_url:
+    with background_server(app) as base_url:
         assert httpx.get(f"{base_url}/health", timeout=10).json()["status"] == "ok"
         started = time.perf_counter()
         responses = asyncio.run(asyncio.wait_for(fire(base_url, images), timeout=60))

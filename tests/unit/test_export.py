@@ -8,7 +8,12 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-from dermae.classify.model import build_classifier, classifier_config, load_classifier, save_classifier
+from dermae.classify.model import (
+    build_classifier,
+    classifier_config,
+    load_classifier,
+    save_classifier,
+)
 from dermae.data.classes import HAM10000_CLASSES
 from dermae.deploy.export import export_onnx
 from dermae.deploy.quantize import classification_metrics

@@ -20,7 +20,12 @@ def png_header_only(width: int, height: int) -> bytes:
         )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0"))
+        + chunk(b"IEND", b"")
+    )
 
 
 def jpeg_bytes(width: int = 40, height: int = 30, seed: int = 0) -> bytes:
@@ -47,7 +52,7 @@ def test_preprocess_matches_pil_resize_then_crop_for_ham_shape():
     )
     out = preprocess_image(image, 64)
     np.testing.assert_allclose(out, expected.transpose(2, 0, 1) / 255.0, atol=0)
-    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert out.min() >= 0.0 and out.max() <= 1.0
 
 
 def test_preprocess_portrait_and_grey_images():

@@ -175,7 +175,9 @@ def export_onnx(
     session = make_session(onnx_path, threads)
     reference = torch_probs(model, parity)
     onnx_batch = run_probs(session, parity, batch_size=len(parity))
-    onnx_single = np.concatenate([run_probs(session, parity[i : i + 1]) for i in range(len(parity))])
+    onnx_single = np.concatenate(
+        [run_probs(session, parity[i : i + 1]) for i in range(len(parity))]
+    )
 
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint_dir.resolve()),
@@ -226,7 +228,8 @@ def export_onnx(
 
     write_spec(tmp, spec)
     report["files"] = {
-        p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.glob("*.onnx"))
+        p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(tmp.glob("*.onnx"))
     }
     (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2))
 
@@ -241,4 +244,11 @@ def export_onnx(
     return out_dir
 
 
-__all__ = ["MODEL_FILE", "REPORT_FILE", "ProbabilityModel", "export_onnx", "torch_probs", "write_onnx"]
+__all__ = [
+    "MODEL_FILE",
+    "REPORT_FILE",
+    "ProbabilityModel",
+    "export_onnx",
+    "torch_probs",
+    "write_onnx",
+]

@@ -98,7 +98,9 @@ def preprocess_image(
 ) -> np.ndarray:
     """RGB PIL image -> float32 [3, size, size] in [0, 1] (shorter side to size, centre crop)."""
     if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"unknown interpolation '{interpolation}'; use one of {list(INTERPOLATIONS)}")
+        raise ValueError(
+            f"unknown interpolation '{interpolation}'; use one of {list(INTERPOLATIONS)}"
+        )
     image = image.convert("RGB")
     width, height = image.size
     scale = size / min(width, height)

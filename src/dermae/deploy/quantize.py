@@ -281,7 +281,9 @@ def quantize_model(
         paths = {"fp32": fp32_path}
         for name in variants:
             try:
-                paths[name] = build_variant(prepared, tmp / f"{name}.onnx", name, calibration_images)
+                paths[name] = build_variant(
+                    prepared, tmp / f"{name}.onnx", name, calibration_images
+                )
                 make_session(paths[name], threads)  # fails here if ORT lacks a kernel
             except Exception as err:  # a variant that cannot be built is reported, not fatal
                 paths.pop(name, None)
@@ -340,7 +342,9 @@ def _choose(
 ) -> str | None:
     built = [v for v in variants if "latency_b1" in report["variants"].get(v, {})]
     for v in built:
-        report["variants"][v]["accepted"] = _acceptable(report["variants"][v], max_drop, min_agreement)
+        report["variants"][v]["accepted"] = _acceptable(
+            report["variants"][v], max_drop, min_agreement
+        )
     if choose != "auto":
         return choose if choose in built else None
     pool = [v for v in built if report["variants"][v]["accepted"]] or built

@@ -20,7 +20,9 @@ def make_session(path: str | Path, threads: int | None = None) -> ort.InferenceS
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def run_probs(session: ort.InferenceSession, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def run_probs(
+    session: ort.InferenceSession, images: np.ndarray, batch_size: int = 64
+) -> np.ndarray:
     """float32 [N, 3, S, S] in [0, 1] -> probabilities [N, C] (float32)."""
     images = np.ascontiguousarray(images, dtype=np.float32)
     out = [

@@ -25,7 +25,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -330,6 +330,32 @@ def create_app(
     return app
 
 
+@contextmanager
+def background_server(app: FastAPI, host: str = "127.0.0.1", start_timeout_s: float = 20.0):
+    """Run `app` with uvicorn in a thread on a free port; yields the base URL (tests, demos)."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError(f"uvicorn did not start within {start_timeout_s} s")
+            time.sleep(0.05)
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
 def serve(
     model_dir: str | Path,
     host: str = "127.0.0.1",
@@ -342,4 +368,4 @@ def serve(
     uvicorn.run(create_app(model_dir, **limits), host=host, port=port, log_level="info")
 
 
-__all__ = ["create_app", "parse_multipart", "serve"]
+__all__ = ["background_server", "create_app", "parse_multipart", "serve"]

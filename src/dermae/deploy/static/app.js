@@ -39,6 +39,7 @@ function renderResult(r) {
   $("risk-fill").classList.toggle("above", above);
   $("risk-threshold").style.left = "calc(" + pct(r.threshold) + " - 1px)";
   $("threshold-label").textContent = "threshold " + pct(r.threshold);
+  $("threshold-label").style.left = pct(Math.min(0.9, Math.max(0.1, r.threshold)));
   const decision = $("decision");
   decision.classList.toggle("above", above);
   decision.textContent = above
@@ -85,8 +86,8 @@ async function analyse(file) {
   $("file-name").textContent = file.name;
   show("preview-box", true);
   if (file.size > maxUploadBytes) {
-    showError("This file is " + (file.size / 1e6).toFixed(1) + " MB; the limit is " +
-      (maxUploadBytes / 1e6).toFixed(1) + " MB. Please choose a smaller image.");
+    showError("This file is " + (file.size / 1048576).toFixed(1) + " MB; the limit is " +
+      (maxUploadBytes / 1048576).toFixed(1) + " MB. Please choose a smaller image.");
     return;
   }
   setState("loading");
@@ -111,7 +112,7 @@ async function loadInfo() {
     const health = await (await fetch("/health")).json();
     maxUploadBytes = health.limits.max_upload_bytes;
     $("limits-hint").textContent = "JPEG, PNG, WebP, BMP or TIFF · up to " +
-      Math.round(maxUploadBytes / 1e6) + " MB";
+      Math.round(maxUploadBytes / 1048576) + " MB";
     $("model-name").textContent = health.arch + " · " + health.model_file;
     const card = await (await fetch("/model")).json();
     const t = card.threshold;
