@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -38,6 +39,10 @@ class ImageError(ValueError):
         self.code = code
 
 
+def _stream(source: str | Path | bytes) -> BinaryIO:
+    return io.BytesIO(source) if isinstance(source, bytes) else Path(source).open("rb")  # noqa: SIM115
+
+
 def open_image(
     source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None
 ) -> Image.Image:
@@ -50,11 +55,10 @@ def open_image(
     if not isinstance(source, bytes) and not Path(source).is_file():
         raise ImageError("not_found", f"{label}: file not found")
     try:
-        stream = io.BytesIO(source) if isinstance(source, bytes) else Path(source).open("rb")
-        with stream, warnings.catch_warnings():
+        with _stream(source) as stream, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
-                image = Image.open(stream)
+                image = Image.open(stream)  # reads only the header
             except (Image.DecompressionBombError, Image.DecompressionBombWarning):
                 raise ImageError(
                     "too_many_pixels", f"{label}: image has too many pixels (over {max_pixels:,})"
