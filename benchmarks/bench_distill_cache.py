@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 import torch
-from tests.helpers.tiny_data import make_prepared
 
 from dermae.classify.model import build_classifier, classifier_config, save_classifier
 from dermae.config import Config, DataConfig, DistillConfig, TrainConfig
 from dermae.data.classes import HAM10000_CLASSES, MALIGNANT_CODES
 from dermae.distill.task import DistillTask
 from dermae.distill.train import STATS_FILE, distill
+from tests.helpers.tiny_data import make_prepared
 
 HAM_CLASSES = list(HAM10000_CLASSES)
 HAM_MALIGNANT = [c for c in HAM_CLASSES if c in MALIGNANT_CODES]

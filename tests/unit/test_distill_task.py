@@ -1,12 +1,12 @@
 import pytest
 import torch
-from tests.helpers.tiny_data import make_prepared, torch_threads
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from dermae.classify.model import Classifier, build_classifier, classifier_config
 from dermae.data.prepared import load_prepared
 from dermae.distill.task import DistillTask, teacher_logits_for, to_resolution
+from tests.helpers.tiny_data import make_prepared, torch_threads
 
 CLASSES = ["bcc", "mel", "nv"]
 TEACHER_MEAN, TEACHER_STD = (0.5, 0.4, 0.3), (0.2, 0.3, 0.25)

@@ -3,7 +3,6 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.helpers.tiny_data import add_synthetic, make_prepared, torch_threads
 from torch import nn
 
 from dermae.classify.model import (
@@ -16,6 +15,7 @@ from dermae.config import Config, DataConfig, DistillConfig, TrainConfig
 from dermae.data.prepared import load_prepared
 from dermae.distill.train import STATS_FILE, distill, student_stats
 from dermae.engine.checkpoint import MODEL_FILE
+from tests.helpers.tiny_data import add_synthetic, make_prepared, torch_threads
 
 CLASSES = ("bcc", "mel", "nv")
 
