@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
-from tests.helpers.tiny_data import make_prepared
 
 from dermae.classify.baseline import loss_setup, train_baseline
 from dermae.classify.common import class_weights
 from dermae.classify.model import load_classifier
 from dermae.config import load_config
+from tests.helpers.tiny_data import make_prepared
 
 
 def test_class_weights_are_sqrt_inverse_frequency():

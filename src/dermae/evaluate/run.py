@@ -12,6 +12,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from dermae.classify.common import predict_probs
+from dermae.classify.model import load_classifier
+from dermae.config import Config, EvalConfig
+from dermae.data.prepared import PreparedData, load_prepared
 from dermae.evaluate.bootstrap import bootstrap_ci
 from dermae.evaluate.metrics import (
     classification_metrics,
@@ -20,11 +25,6 @@ from dermae.evaluate.metrics import (
     subgroup_metrics,
 )
 from dermae.evaluate.plots import plot_confusion_matrix, plot_reliability, plot_roc
-
-from dermae.classify.common import predict_probs
-from dermae.classify.model import load_classifier
-from dermae.config import Config, EvalConfig
-from dermae.data.prepared import PreparedData, load_prepared
 
 # The models the pipeline evaluates on the test split, by run-dir folder.
 RUN_MODELS = {"baseline": "baseline/model", "teacher": "teacher/model", "student": "student/model"}
