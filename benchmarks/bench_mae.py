@@ -10,6 +10,8 @@ with its on_step hook, set-up and the final checkpoint left out.
 Other jobs share the CPU: timings are noisy; we report the median step time.
 
     PYTHONPATH=src python benchmarks/bench_mae.py --models vit_tiny_patch8 vit_small_patch8
+    PYTHONPATH=src python benchmarks/bench_mae.py --real-run runs/x --threads 1 \
+        --out benchmarks/results/mae_real_64px.json     # needs runs/x/data from `dermae prepare`
 """
 
 from __future__ import annotations
@@ -171,6 +173,53 @@ def _row_factory(model, phase, precision, batch, size, n_params, base_rss):
     return row
 
 
+def real_run(run_dir: Path, pre_steps: int, ft_steps: int) -> dict:
+    """pretrain + finetune (MAE init, then scratch) on a prepared run dir; seconds and val scores.
+
+    The run dir needs `data/` from `dermae prepare`; pretrain/ and teacher*/ are overwritten.
+    """
+    import shutil
+
+    from dermae.classify.finetune import finetune
+    from dermae.config import load_config
+    from dermae.pretrain.train import pretrain
+
+    overrides = [
+        f"run_dir={run_dir}",
+        "pretrain.model=vit_tiny_patch8",
+        "finetune.model=vit_tiny_patch8",
+        f"pretrain.train.max_steps={pre_steps}",
+        "pretrain.train.lr=0.0015",
+        "pretrain.train.warmup_steps=30",
+        "pretrain.train.log_every=20",
+        f"finetune.train.max_steps={ft_steps}",
+        "finetune.train.lr=0.001",
+        "finetune.train.warmup_steps=20",
+        "finetune.train.log_every=20",
+        f"finetune.train.eval_every={max(ft_steps // 2, 1)}",
+    ]
+    out: dict = {"pretrain_steps": pre_steps, "finetune_steps": ft_steps}
+    t0 = time.perf_counter()
+    pretrain(load_config(overrides=overrides), run_dir, resume=False)
+    out["pretrain_s"] = round(time.perf_counter() - t0, 1)
+    for init in ("mae", "scratch"):
+        shutil.rmtree(run_dir / "teacher", ignore_errors=True)
+        t0 = time.perf_counter()
+        path = finetune(load_config(overrides=[*overrides, f"finetune.init={init}"]), run_dir)
+        log = [json.loads(x) for x in (run_dir / "teacher/train/metrics.jsonl").open()]
+        out[f"finetune_{init}"] = {
+            "seconds": round(time.perf_counter() - t0, 1),
+            "val": [
+                {k: r[k] for k in ("step", "val_balanced_accuracy", "val_malignant_auroc")}
+                for r in log
+                if "val_balanced_accuracy" in r
+            ],
+            "best": json.loads((path / "config.json").read_text())["finetune"]["best"],
+        }
+        shutil.copytree(run_dir / "teacher", run_dir / f"teacher_{init}", dirs_exist_ok=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="+", default=["vit_tiny_patch8", "vit_small_patch8"])
@@ -183,7 +232,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--out", default=str(RESULTS / "mae.json"))
     parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
+    parser.add_argument("--real-run", type=Path, help="prepared run dir: time pretrain+finetune")
+    parser.add_argument("--pretrain-steps", type=int, default=300)
+    parser.add_argument("--finetune-steps", type=int, default=200)
     args = parser.parse_args()
+
+    if args.real_run:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        result = real_run(args.real_run, args.pretrain_steps, args.finetune_steps)
+        result["command"] = " ".join(sys.argv)
+        result["load_avg_at_end"] = os.getloadavg()
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2))
+        return
 
     if args.child:
         if args.threads:
