@@ -260,9 +260,15 @@ def test_finetune_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
     monkeypatch.setattr(finetune_module, "fit", stop_at_2)
     with pytest.raises(Interrupt):
         finetune(micro_config(runs["resumed"], *extra), runs["resumed"])
-    monkeypatch.setattr(finetune_module, "fit", real_fit)
+    steps_after_resume = []
+
+    def record(*args, **kwargs):
+        return real_fit(*args, on_step=steps_after_resume.append, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "fit", record)
     finetune(micro_config(runs["resumed"], *extra), runs["resumed"], resume=True)
 
+    assert steps_after_resume == [3, 4]  # it did resume, not start over
     a = load_file(str(runs["straight"] / "teacher/model/model.safetensors"))
     b = load_file(str(runs["resumed"] / "teacher/model/model.safetensors"))
     assert a.keys() == b.keys()

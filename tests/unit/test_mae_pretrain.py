@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import timm
 import torch
 from mae_fixtures import write_prepared
@@ -18,23 +19,25 @@ from dermae.pretrain.mae import MAETask, resolve_vit
 from dermae.pretrain.train import pretrain, pretrain_rows, save_reconstruction_grid
 
 
+def micro_overrides(run_dir, synthetic_ratio=1.0):
+    return [
+        f"run_dir={run_dir}",
+        "pretrain.model=vit_micro_patch4",
+        "pretrain.decoder_dim=16",
+        "pretrain.decoder_depth=1",
+        "pretrain.decoder_heads=2",
+        f"pretrain.synthetic_ratio={synthetic_ratio}",
+        "pretrain.grid_images=4",
+        "pretrain.train.batch_size=8",
+        "pretrain.train.max_steps=6",
+        "pretrain.train.lr=0.003",
+        "pretrain.train.log_every=1",
+        "pretrain.augment=false",
+    ]
+
+
 def micro_config(run_dir, synthetic_ratio=1.0):
-    return load_config(
-        overrides=[
-            f"run_dir={run_dir}",
-            "pretrain.model=vit_micro_patch4",
-            "pretrain.decoder_dim=16",
-            "pretrain.decoder_depth=1",
-            "pretrain.decoder_heads=2",
-            f"pretrain.synthetic_ratio={synthetic_ratio}",
-            "pretrain.grid_images=4",
-            "pretrain.train.batch_size=8",
-            "pretrain.train.max_steps=6",
-            "pretrain.train.lr=0.003",
-            "pretrain.train.log_every=1",
-            "pretrain.augment=false",
-        ]
-    )
+    return load_config(overrides=micro_overrides(run_dir, synthetic_ratio))
 
 
 def test_pretrain_rows_are_train_only_with_synthetic_by_ratio(tmp_path):
@@ -104,3 +107,41 @@ def test_grid_rows_show_original_masked_and_pasted_visible_patches(tmp_path):
         assert 0.6 < hidden_share <= 0.75 + 1e-6  # 12 of 16 patches hidden (grey)
         # Reconstruction keeps the visible patches as they were.
         assert (recon - original).abs().sum(0)[shown].max() < 2 / 255
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_pretrain_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
+    """Masks and crops draw from the RNG the loop checkpoints, so a resumed run is identical."""
+    extra = ["pretrain.augment=true", "pretrain.train.max_steps=4", "pretrain.train.ckpt_every=2"]
+    runs = {name: write_prepared(tmp_path / name, synthetic=6) for name in ("straight", "resumed")}
+    configs = {
+        name: load_config(overrides=[*micro_overrides(run), *extra]) for name, run in runs.items()
+    }
+    pretrain(configs["straight"], runs["straight"])
+
+    real_fit = train_module.fit
+
+    def stop_at_2(*args, **kwargs):
+        def on_step(step):
+            if step == 2:  # right after the step-2 checkpoint
+                raise Interrupt
+
+        return real_fit(*args, on_step=on_step, **kwargs)
+
+    monkeypatch.setattr(train_module, "fit", stop_at_2)
+    with pytest.raises(Interrupt):
+        pretrain(configs["resumed"], runs["resumed"])
+    steps_after_resume = []
+
+    def record(*args, **kwargs):
+        return real_fit(*args, on_step=steps_after_resume.append, **kwargs)
+
+    monkeypatch.setattr(train_module, "fit", record)
+    pretrain(configs["resumed"], runs["resumed"], resume=True)
+
+    assert steps_after_resume == [3, 4]  # it did resume, not start over
+    a, b = (load_file(str(r / "pretrain/encoder/model.safetensors")) for r in runs.values())
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
