@@ -131,6 +131,7 @@ def test_model_card_has_notice_citation_and_metrics(exported):
     assert card["threshold"]["malignant_risk"] == 0.37
 
 
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 def test_int8_model_runs_and_report_is_consistent(exported, data):
     ckpt, out = exported
     report = json.loads((out / "quantization_report.json").read_text())
