@@ -80,7 +80,10 @@ class VAEConfig:
     latent_channels: int = 4
     layers_per_block: int = 1
     kl_weight: float = 1e-6
-    disc_weight: float = 0.0  # >0 enables the patch discriminator
+    disc_weight: float = 0.0  # must stay 0: no discriminator (see synth/vae.py)
+    mid_attention: bool = True  # self-attention in the VAE mid block
+    augment: bool = True  # random flips of train images (lesions have no orientation)
+    scale_images: int = 2048  # train images used to estimate the latent scaling factor
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, lr=1e-3))
 
 
@@ -91,7 +94,12 @@ class LDMConfig:
     conditioning: str = "diagnosis"  # diagnosis | malignant
     label_dropout: float = 0.1
     num_train_timesteps: int = 1000
-    prediction_type: str = "epsilon"
+    prediction_type: str = "epsilon"  # epsilon | v_prediction
+    beta_schedule: str = "scaled_linear"  # DDPMScheduler beta schedule
+    attention: bool = True  # self-attention in every UNet level below the first
+    attention_head_dim: int = 32
+    cache_latents: bool = True  # encode the train split once (frozen VAE), reuse every epoch
+    latent_augment: bool = True  # random flips/transposes of latents (lesions have no orientation)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(epochs=1, lr=2e-4, ema_decay=0.999)
     )
@@ -106,6 +114,8 @@ class SampleConfig:
     scheduler: str = "ddim"  # ddim | dpm
     batch_size: int = 64
     seed: int = 0
+    mixed_precision: str = "no"  # no | bf16: autocast while sampling
+    grid_per_class: int = 8  # images per row of the per-class sample grids
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,9 @@ class MAEConfig:
     decoder_heads: int = 4
     norm_pix_loss: bool = True
     synthetic_ratio: float = 1.0
+    augment: bool = True  # random resized crop + flips
+    min_crop_scale: float = 0.3  # smallest crop area fraction of the random resized crop
+    grid_images: int = 8  # validation images in pretrain/reconstructions.png (viewing only)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=1.5e-3))
 
 
@@ -129,8 +142,12 @@ class FinetuneConfig:
     drop_path: float = 0.1
     mixup: float = 0.0
     cutmix: float = 0.0
-    loss: str = "weighted_ce"
+    loss: str = "weighted_ce"  # ce | weighted_ce | balanced_sampler
     synthetic_ratio: float = 1.0
+    global_pool: str = "avg"  # avg (MAE recipe: new fc_norm, encoder's final norm dropped) | token
+    label_smoothing: float = 0.0
+    augment: bool = True
+    eval_batch_size: int = 256
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=1e-3))
 
 
@@ -139,9 +156,12 @@ class DistillConfig:
     model: str = "efficientnet_b0"
     alpha: float = 0.7
     temperature: float = 2.0
-    cache_teacher_logits: bool = False
-    loss: str = "ce"
+    cache_teacher_logits: bool = False  # teacher run once on un-augmented train images
+    loss: str = "ce"  # ce | weighted_ce | balanced_sampler (hard-label part only)
     synthetic_ratio: float = 1.0
+    augment: bool = True
+    drop_rate: float = 0.1
+    latency_runs: int = 30  # batch-1 CPU timings behind model_stats.json's median latency
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=2e-3))
 
 

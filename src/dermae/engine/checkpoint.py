@@ -53,12 +53,17 @@ def commit_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
+def write_model_files(directory: Path, module: nn.Module, config: dict[str, Any]) -> None:
+    """Weights + JSON config into an existing folder (not atomic; see `save_model`)."""
+    save_file(_contiguous_state(module), str(Path(directory) / MODEL_FILE))
+    (Path(directory) / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
+
+
 def save_model(directory: str | Path, module: nn.Module, config: dict[str, Any]) -> Path:
     """Save weights + JSON config atomically. `config` must be JSON-serialisable."""
     directory = Path(directory)
     tmp = atomic_dir(directory)
-    save_file(_contiguous_state(module), str(tmp / MODEL_FILE))
-    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
+    write_model_files(tmp, module, config)
     commit_dir(tmp, directory)
     return directory
 

@@ -1,0 +1,353 @@
+"""The one training loop. Every stage hands it a task; it owns optimisation and bookkeeping.
+
+A task is an `nn.Module` whose `forward(batch)` returns a dict with a scalar `loss`.
+The trainable part (`model`, by default `task.model`) is what is optimised,
+checkpointed and EMA-averaged; frozen parts (a teacher, a VAE) live on the task
+with `requires_grad=False`.
+
+Accelerate gives one code path for CPU, one GPU and DDP (`torchrun` / `accelerate
+launch`). `TrainConfig.batch_size` is the *global* batch: each process gets its slice of
+the same batches a single process would see.
+
+Resume is exact on CPU with `num_workers=0`: the epoch order comes from a generator
+seeded with (seed, epoch), batches already done are skipped without loading them, and
+the python/numpy/torch RNG states are restored from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import send_to_device
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from dermae.config import TrainConfig, to_dict
+from dermae.engine.checkpoint import (
+    atomic_dir,
+    commit_dir,
+    load_training_state,
+    load_weights,
+    restore_rng,
+    save_model,
+    save_training_state,
+    seed_everything,
+    write_model_files,
+)
+
+CHECKPOINT_DIR = "checkpoint"
+BEST_DIR = "best"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class FitResult:
+    task: nn.Module
+    model: nn.Module
+    step: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+
+def steps_per_epoch(num_samples: int, cfg: TrainConfig) -> int:
+    """Optimizer steps per epoch; matches the loader's drop_last batching."""
+    batches = num_samples // cfg.batch_size if num_samples >= cfg.batch_size else 1
+    return max(1, batches // cfg.grad_accum)
+
+
+def total_steps(num_samples: int, cfg: TrainConfig) -> int:
+    """Optimizer steps the run will take."""
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    return cfg.epochs * steps_per_epoch(num_samples, cfg)
+
+
+def epoch_indices(
+    num_samples: int, cfg: TrainConfig, epoch: int, sampler_weights: np.ndarray | None
+) -> list[int]:
+    """The sample order of one epoch, a pure function of (seed, epoch).
+
+    Materialising it lets a resumed run skip finished batches without loading them
+    (loading would consume the augmentation RNG and break exact resume).
+    """
+    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    if sampler_weights is not None:
+        weights = torch.as_tensor(sampler_weights, dtype=torch.double)
+        order = torch.multinomial(weights, num_samples, replacement=True, generator=generator)
+    else:
+        order = torch.randperm(num_samples, generator=generator)
+    return order.tolist()
+
+
+def _epoch_loader(
+    dataset: Dataset,
+    cfg: TrainConfig,
+    epoch: int,
+    skip_batches: int,
+    sampler_weights: np.ndarray | None,
+    collate_fn: Callable | None,
+    num_workers: int,
+    rank: int,
+    world: int,
+) -> DataLoader:
+    """This process's slice of every global batch of the epoch, finished batches skipped.
+
+    Sharding here, rather than with Accelerate's dataloader wrapper, avoids its
+    one-batch lookahead, which would draw the next batch's augmentation before a
+    checkpoint saves the RNG state (and so break exact resume).
+    """
+    order = epoch_indices(len(dataset), cfg, epoch, sampler_weights)
+    batch = cfg.batch_size
+    if len(order) >= batch:  # equal batches keep DDP identical to one process
+        order = order[: len(order) // batch * batch]
+    elif world > 1:
+        raise ValueError(
+            f"{len(order)} samples cannot fill one batch of {batch} on {world} processes"
+        )
+    else:
+        batch = len(order)
+    if batch % world:
+        raise ValueError(f"batch_size {batch} is not divisible by the {world} processes")
+    local = batch // world
+    order = order[skip_batches * batch :]
+    mine = [
+        i
+        for start in range(0, len(order), batch)
+        for i in order[start + rank * local : start + (rank + 1) * local]
+    ]
+    return DataLoader(
+        dataset,
+        batch_size=local,
+        sampler=mine,
+        # Its own generator, so creating the iterator does not draw from the global RNG.
+        generator=torch.Generator().manual_seed(cfg.seed + epoch),
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+    )
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_jsonl(path: Path, after_step: int) -> None:
+    """Drop log lines newer than the checkpoint we resume from (they will be redone)."""
+    if not path.exists():
+        return
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if json.loads(line).get("step", 0) <= after_step
+    ]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _resolve_model(task: nn.Module, model: nn.Module | None) -> nn.Module:
+    if model is not None:
+        return model
+    candidate = getattr(task, "model", None)
+    return candidate if isinstance(candidate, nn.Module) else task
+
+
+def fit(
+    task: nn.Module,
+    train_dataset: Dataset,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    model: nn.Module | None = None,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    sampler_weights: np.ndarray | None = None,
+    collate_fn: Callable | None = None,
+    resume: bool = True,
+    layer_decay: float | None = None,
+    desc: str = "train",
+    run_config: dict[str, Any] | None = None,
+    select_metric: str | None = None,
+    num_workers: int = 0,
+    on_step: Callable[[int], None] | None = None,
+) -> FitResult:
+    """Train `task` on `train_dataset`; see the module docstring for the contract."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        cpu=not torch.cuda.is_available(),
+    )
+    trainable = _resolve_model(task, model)
+    optimizer = create_optimizer_v2(
+        trainable,
+        opt="adamw",
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        layer_decay=layer_decay,
+    )
+    n_steps = total_steps(len(train_dataset), cfg)
+    scheduler = CosineLRScheduler(
+        optimizer,
+        t_initial=n_steps,
+        lr_min=cfg.lr * cfg.min_lr_ratio,
+        warmup_t=cfg.warmup_steps,
+        warmup_lr_init=cfg.lr * 0.01,
+        t_in_epochs=False,
+    )
+    task = task.to(accelerator.device)
+    ema = ModelEmaV3(trainable, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
+    prepared_task, optimizer = accelerator.prepare(task, optimizer)
+
+    metrics_path = out_dir / METRICS_FILE
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+    step, best = 0, None
+    stage_config = {"train": to_dict(cfg), **(run_config or {})}
+    if resume and (ckpt_dir / "training_state").exists():
+        load_weights(ckpt_dir, trainable)
+        extra = {"ema": ema.module} if ema is not None else None
+        progress = load_training_state(ckpt_dir, optimizer, extra)
+        step, best = progress["step"], progress.get("best")
+        restore_rng(ckpt_dir)
+        _truncate_jsonl(metrics_path, step)
+        accelerator.print(f"[{desc}] resumed from {ckpt_dir} at step {step}/{n_steps}")
+    elif accelerator.is_main_process:
+        metrics_path.write_text("")
+
+    per_epoch = steps_per_epoch(len(train_dataset), cfg)
+    eval_every = cfg.eval_every or per_epoch
+    ckpt_every = cfg.ckpt_every or per_epoch
+    history: list[dict[str, Any]] = []
+    started = time.time()
+
+    def checkpoint() -> None:
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            return
+        tmp = atomic_dir(ckpt_dir)
+        write_model_files(tmp, trainable, stage_config)
+        extra = {"ema": ema.module} if ema is not None else None
+        save_training_state(tmp, optimizer, {"step": step, "best": best}, extra)
+        commit_dir(tmp, ckpt_dir)
+
+    def run_eval() -> dict[str, float]:
+        nonlocal best
+        eval_model = task
+        backup = None
+        if ema is not None:  # evaluate with EMA weights, then put the raw ones back
+            backup = {k: v.detach().clone() for k, v in trainable.state_dict().items()}
+            trainable.load_state_dict(ema.module.state_dict())
+        was_training = eval_model.training
+        eval_model.eval()
+        with torch.no_grad(), accelerator.autocast():
+            scores = evaluate(eval_model) if evaluate else {}
+        eval_model.train(was_training)
+        improved = select_metric in scores and (
+            best is None or scores[select_metric] > best["score"]
+        )
+        if select_metric and improved:
+            best = {
+                "step": step,
+                "score": float(scores[select_metric]),
+                "metric": select_metric,
+            }
+            if accelerator.is_main_process:
+                save_model(out_dir / BEST_DIR, trainable, {**stage_config, "best": best})
+        if backup is not None:
+            trainable.load_state_dict(backup)
+        return scores
+
+    progress_bar = tqdm(
+        total=n_steps,
+        initial=step,
+        desc=desc,
+        disable=not accelerator.is_main_process,
+        dynamic_ncols=True,
+    )
+    prepared_task.train()
+    running_loss, running_count = 0.0, 0
+    while step < n_steps:
+        epoch, done_in_epoch = divmod(step, per_epoch)
+        loader = _epoch_loader(
+            train_dataset,
+            cfg,
+            epoch,
+            done_in_epoch * cfg.grad_accum,
+            sampler_weights,
+            collate_fn,
+            num_workers,
+            accelerator.process_index,
+            accelerator.num_processes,
+        )
+        for batch in loader:
+            if step >= (epoch + 1) * per_epoch:
+                break  # leftover micro-batches that cannot fill an accumulation group
+            batch = send_to_device(batch, accelerator.device)
+            with accelerator.accumulate(prepared_task):
+                with accelerator.autocast():
+                    out = prepared_task(batch)
+                loss = out["loss"]
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.clip_grad > 0:
+                    accelerator.clip_grad_norm_(trainable.parameters(), cfg.clip_grad)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running_loss += float(loss.detach())
+            running_count += 1
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            scheduler.step_update(num_updates=step)
+            if ema is not None:
+                ema.update(trainable, step=step)
+            progress_bar.update(1)
+            record: dict[str, Any] = {}
+            if step % cfg.log_every == 0 or step == n_steps:
+                record = {
+                    "step": step,
+                    "epoch": step / per_epoch,
+                    "loss": running_loss / max(running_count, 1),
+                    "lr": optimizer.param_groups[0]["lr"],
+                }
+                running_loss, running_count = 0.0, 0
+                progress_bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if evaluate is not None and (step % eval_every == 0 or step == n_steps):
+                scores = run_eval()
+                record = {**record, "step": step, **{f"val_{k}": v for k, v in scores.items()}}
+            if record and accelerator.is_main_process:
+                history.append(record)
+                _append_jsonl(metrics_path, record)
+            if step % ckpt_every == 0 or step == n_steps:
+                checkpoint()
+            if on_step is not None:
+                on_step(step)
+            if step >= n_steps:
+                break
+    progress_bar.close()
+    accelerator.wait_for_everyone()
+    if ema is not None:
+        trainable.load_state_dict(ema.module.state_dict())
+    if select_metric and best is not None and (out_dir / BEST_DIR).exists():
+        load_weights(out_dir / BEST_DIR, trainable)
+    task = accelerator.unwrap_model(prepared_task)
+    task.eval()
+    return FitResult(
+        task=task,
+        model=trainable,
+        step=step,
+        history=history,
+        best=best,
+        seconds=time.time() - started,
+    )

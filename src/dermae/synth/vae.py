@@ -1,0 +1,220 @@
+"""The latent autoencoder: a diffusers AutoencoderKL trained from scratch on the real train split.
+
+Loss = L1(reconstruction) + kl_weight * KL, both per pixel: the Stable Diffusion weighting
+(sum over pixels, KL weight 1e-6) divided by the number of pixels, so kl_weight keeps its
+usual meaning. No adversarial term: a patch discriminator needs a second optimiser, which the
+one training loop does not have, and would cost ~50 % more per step on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+from torch import nn
+from torch.utils.data import Dataset, Subset
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+from torchvision.transforms import v2
+
+from dermae.config import Config, ConfigError, VAEConfig, to_dict
+from dermae.data.prepared import load_prepared
+from dermae.engine.checkpoint import atomic_dir, commit_dir
+from dermae.engine.loop import fit
+from dermae.synth.common import (
+    VAE_DIR,
+    default_device,
+    image_grid,
+    norm_groups,
+    save_png,
+    synth_dir,
+    to_uint8,
+)
+
+
+def build_vae(cfg: VAEConfig, image_size: int = 64) -> AutoencoderKL:
+    """AutoencoderKL from scratch; downsampling factor = 2 ** (len(block_out_channels) - 1)."""
+    n = len(cfg.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=norm_groups(cfg.block_out_channels),
+        sample_size=image_size,
+        scaling_factor=1.0,  # set from data by `latent_scaling_factor` after training
+        mid_block_add_attention=cfg.mid_attention,
+    )
+
+
+def latent_shape(vae: AutoencoderKL, image_size: int) -> tuple[int, int, int]:
+    """(channels, height, width) of the latents of a square image."""
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    if image_size % factor:
+        raise ConfigError(
+            f"image size {image_size} is not divisible by the VAE downsampling factor {factor}: "
+            "change data.image_size or vae.block_out_channels"
+        )
+    side = image_size // factor
+    return vae.config.latent_channels, side, side
+
+
+class VAETask(nn.Module):
+    """batch["image"] in [0, 1] -> reconstruction loss. `self.model` is the AutoencoderKL."""
+
+    def __init__(self, vae: AutoencoderKL, kl_weight: float = 1e-6):
+        super().__init__()
+        self.model = vae
+        self.kl_weight = kl_weight
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = batch["image"] * 2 - 1  # [N, 3, H, W] in [-1, 1]
+        posterior = self.model.encode(x).latent_dist
+        recon = self.model.decode(posterior.sample()).sample  # [N, 3, H, W]
+        l1 = (recon.float() - x.float()).abs().mean()
+        kl = posterior.kl().float().mean() / x[0].numel()  # per-pixel KL
+        loss = l1 + self.kl_weight * kl
+        return {"loss": loss, "l1": l1.detach(), "kl": kl.detach(), "recon": recon.detach()}
+
+
+@torch.no_grad()
+def reconstruct(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] in [0, 1] -> deterministic reconstruction (posterior mode) in [0, 1]."""
+    z = vae.encode(images * 2 - 1).latent_dist.mode()
+    return ((vae.decode(z).sample + 1) / 2).clamp(0, 1)
+
+
+def _batches(dataset: Dataset, batch_size: int):
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    yield from loader
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae: AutoencoderKL, dataset: Dataset, batch_size: int = 64) -> float:
+    """1 / std of sampled latents over `dataset`, so the diffusion model sees unit variance."""
+    device = next(vae.parameters()).device
+    total, total_sq, count = 0.0, 0.0, 0
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    for batch in _batches(dataset, batch_size):
+        dist = vae.encode(batch["image"].to(device) * 2 - 1).latent_dist
+        noise = torch.randn(dist.mean.shape, generator=gen).to(device)
+        z = (dist.mean + dist.std * noise).double()
+        total += z.sum().item()
+        total_sq += z.pow(2).sum().item()
+        count += z.numel()
+    mean = total / count
+    std = max(total_sq / count - mean**2, 1e-12) ** 0.5
+    return 1.0 / std
+
+
+@torch.no_grad()
+def reconstruction_metrics(
+    vae: AutoencoderKL, dataset: Dataset, batch_size: int = 64
+) -> dict[str, float]:
+    """PSNR and SSIM (data range 1) of deterministic reconstructions over `dataset`."""
+    device = next(vae.parameters()).device
+    psnr = PeakSignalNoiseRatio(data_range=1.0).to(device)
+    ssim = StructuralSimilarityIndexMeasure(data_range=1.0).to(device)
+    for batch in _batches(dataset, batch_size):
+        images = batch["image"].to(device)
+        recon = reconstruct(vae, images)
+        psnr.update(recon, images)
+        ssim.update(recon, images)
+    return {"psnr": float(psnr.compute()), "ssim": float(ssim.compute()), "images": len(dataset)}
+
+
+def save_reconstruction_grid(
+    vae: AutoencoderKL, dataset: Dataset, path: Path, count: int = 8
+) -> Path:
+    """Originals (top row) above their reconstructions (bottom row)."""
+    device = next(vae.parameters()).device
+    images = torch.stack([dataset[i]["image"] for i in range(min(count, len(dataset)))])
+    recon = reconstruct(vae, images.to(device))
+    save_png(image_grid([to_uint8(images), to_uint8(recon)]), path)
+    return path
+
+
+def _subset(dataset: Dataset, limit: int, seed: int = 0) -> Dataset:
+    if limit <= 0 or limit >= len(dataset):
+        return dataset
+    g = torch.Generator().manual_seed(seed)
+    return Subset(dataset, torch.randperm(len(dataset), generator=g)[:limit].tolist())
+
+
+def vae_augment() -> v2.Transform:
+    return v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()])
+
+
+def train_vae(cfg: Config, run_dir: str | Path) -> Path:
+    """Train the VAE on the real train split; write `<run_dir>/synth/vae` (diffusers folder).
+
+    The folder also holds metrics.json (val PSNR/SSIM) and reconstructions.png.
+    """
+    vcfg = cfg.vae
+    if vcfg.disc_weight > 0:
+        raise ConfigError(
+            "vae.disc_weight > 0: dermae's VAE has no patch discriminator; set vae.disc_weight=0"
+        )
+    run_dir = Path(run_dir)
+    data = load_prepared(run_dir, with_synthetic=False)
+    train_rows = data.rows("train")  # real train rows only: val/test never reach the generator
+    val_rows = data.rows("val")
+    train_ds = data.dataset(train_rows, transform=vae_augment() if vcfg.augment else None)
+
+    vae = build_vae(vcfg, data.image_size)
+    latent_shape(vae, data.image_size)  # fail early on an incompatible image size
+    task = VAETask(vae, vcfg.kl_weight)
+    val_probe = _subset(data.dataset(val_rows), 256)
+
+    def evaluate(task: VAETask) -> dict[str, float]:  # the loop sets eval mode and no_grad
+        metrics = reconstruction_metrics(task.model, val_probe)
+        return {"psnr": metrics["psnr"], "ssim": metrics["ssim"]}
+
+    result = fit(
+        task,
+        train_ds,
+        vcfg.train,
+        synth_dir(run_dir) / "vae_train",
+        evaluate=evaluate if len(val_rows) else None,
+        desc="vae",
+        run_config=to_dict(cfg),
+    )
+    vae = result.model.eval()
+    device = default_device()
+    vae.to(device)
+
+    plain_train = data.dataset(train_rows)
+    scale = latent_scaling_factor(vae, _subset(plain_train, vcfg.scale_images, cfg.seed))
+    vae.register_to_config(scaling_factor=scale)
+
+    final = synth_dir(run_dir) / VAE_DIR
+    tmp = atomic_dir(final)
+    vae.save_pretrained(tmp)
+    metrics = {
+        "split": "val",
+        **(reconstruction_metrics(vae, data.dataset(val_rows)) if len(val_rows) else {}),
+        "scaling_factor": scale,
+        "train_images": len(train_rows),
+        "steps": result.step,
+        "latent_shape": list(latent_shape(vae, data.image_size)),
+    }
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    grid_source = data.dataset(val_rows) if len(val_rows) else plain_train
+    save_reconstruction_grid(vae, grid_source, tmp / "reconstructions.png")
+    commit_dir(tmp, final)
+    return final
+
+
+def load_vae(run_dir: str | Path) -> AutoencoderKL:
+    path = synth_dir(run_dir) / VAE_DIR
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"{path} holds no VAE: run `dermae synth train-vae -c CONFIG` first"
+        )
+    vae = AutoencoderKL.from_pretrained(path)
+    vae.requires_grad_(False)
+    return vae.eval()

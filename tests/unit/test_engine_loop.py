@@ -1,0 +1,102 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dermae.config import TrainConfig
+from dermae.engine.loop import steps_per_epoch, total_steps
+from tests.helpers.tiny_fit import run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = f"{ROOT / 'src'}{os.pathsep}{ROOT}"
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_steps_arithmetic_matches_drop_last():
+    cfg = TrainConfig(epochs=3, batch_size=8, grad_accum=2)
+    assert steps_per_epoch(70, cfg) == 4  # 8 full batches -> 4 optimizer steps
+    assert total_steps(70, cfg) == 12
+    assert total_steps(5, TrainConfig(epochs=2, batch_size=8)) == 2  # one short batch per epoch
+    assert total_steps(70, TrainConfig(max_steps=7)) == 7
+
+
+def test_loss_falls_and_metrics_are_logged(tmp_path):
+    result = run(tmp_path, steps=40)
+    losses = [r["loss"] for r in result.history if "loss" in r]
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(1, 41))
+    assert (tmp_path / "checkpoint" / "training_state" / "optimizer.pt").exists()
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    script = [sys.executable, "-m", "tests.helpers.tiny_fit"]
+    subprocess.run(
+        [*script, str(straight), "--steps", "14", "--ema", "0.9"], check=True, env=_env(), cwd=ROOT
+    )
+    died = subprocess.run(
+        [*script, str(killed), "--steps", "14", "--ema", "0.9", "--kill-at", "8"],
+        env=_env(),
+        cwd=ROOT,
+    )
+    assert died.returncode == -signal.SIGKILL
+    assert not (killed / "final").exists()
+    subprocess.run(
+        [*script, str(killed), "--steps", "14", "--ema", "0.9"], check=True, env=_env(), cwd=ROOT
+    )
+    a, b = _weights(straight / "final"), _weights(killed / "final")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # The log has each step exactly once after the resume.
+    steps = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 15))
+
+
+def test_two_process_ddp_matches_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    script = ["-m", "tests.helpers.tiny_fit"]
+    subprocess.run(
+        [sys.executable, *script, str(one), "--steps", "6", "--no-jitter"],
+        check=True,
+        env=_env(),
+        cwd=ROOT,
+    )
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+    ]
+    proc = subprocess.run(
+        [*torchrun, *script, str(two), "--steps", "6", "--no-jitter"],
+        env=_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        pytest.fail(proc.stderr[-3000:])
+    a, b = _weights(one / "final"), _weights(two / "final")
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
