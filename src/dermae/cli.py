@@ -50,8 +50,8 @@ STAGE_COMMANDS: dict[str, tuple[str, str]] = {
 SYNTH_COMMANDS: dict[str, tuple[str, str]] = {
     "train-vae": ("dermae.synth.vae:train_vae", "train the VAE on the real train split"),
     "train": ("dermae.synth.ldm:train_ldm", "train the class-conditioned latent UNet"),
-    "sample": ("dermae.synth.sample:sample_balanced", "generate images to balance the classes"),
-    "evaluate": ("dermae.synth.quality:evaluate_synthetic", "FID/KID, fidelity, near-copies"),
+    "sample": ("dermae.synth.stages:sample_stage", "generate images to balance the classes"),
+    "evaluate": ("dermae.synth.stages:quality_stage", "FID/KID, fidelity, near-copies"),
 }
 
 
@@ -157,7 +157,7 @@ def _evaluate(args: argparse.Namespace) -> Any:
 
 def _export(args: argparse.Namespace) -> Any:
     cfg = _load(args)
-    return _lazy("dermae.deploy.export:export_command")(cfg, model_dir=args.model, out_dir=args.out)
+    return _lazy("dermae.deploy.stages:export_command")(cfg, model_dir=args.model, out_dir=args.out)
 
 
 def _predict(args: argparse.Namespace) -> Any:

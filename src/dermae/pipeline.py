@@ -48,14 +48,14 @@ STAGES: tuple[Stage, ...] = (
     Stage("ldm", "dermae.synth.ldm:train_ldm", ("ldm",), ("vae",), "class-conditioned UNet"),
     Stage(
         "sample",
-        "dermae.synth.sample:sample_balanced",
+        "dermae.synth.stages:sample_stage",
         ("sample",),
         ("ldm",),
         "synthesise minority classes",
     ),
     Stage(
         "synth_quality",
-        "dermae.synth.quality:evaluate_synthetic",
+        "dermae.synth.stages:quality_stage",
         (),
         ("sample", "baseline"),
         "FID/KID, fidelity, near-copies",
@@ -93,7 +93,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "export",
-        "dermae.deploy.export:export_stage",
+        "dermae.deploy.stages:export_stage",
         ("export",),
         ("distill", "evaluate"),
         "ONNX + int8 export",

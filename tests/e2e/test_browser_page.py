@@ -47,7 +47,7 @@ def ham_image() -> Path:
 
 
 @pytest.fixture(scope="module")
-def driver():
+def driver(tmp_path_factory):
     if not Path(CHROMEDRIVER).exists() or shutil.which("chromium") is None:
         pytest.skip("chromium / chromedriver not installed (run scripts/install-browser.sh)")
     from selenium import webdriver
@@ -56,6 +56,8 @@ def driver():
     options = webdriver.ChromeOptions()
     for flag in CHROME_FLAGS:
         options.add_argument(flag)
+    # A profile folder pytest cleans up, instead of one left behind in /tmp.
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
     options.binary_location = shutil.which("chromium")
     browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     browser.set_page_load_timeout(30)

@@ -51,3 +51,12 @@ def test_parse_override():
 def test_data_root_from_environment(monkeypatch):
     monkeypatch.setenv("DERMAE_DATA", "/somewhere/ham")
     assert Config().data.root == "/somewhere/ham"
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    assert {c.stem for c in configs} >= {"demo", "cpu-full", "paper-gpu", "smoke"}
+    for path in configs:
+        load_config(path)  # unknown or mistyped keys would raise

@@ -118,3 +118,10 @@ def test_as_model_input_accepts_uint8_cache_layout():
     x = as_model_input(cache)
     assert x.shape == (2, 3, 4, 4) and x.dtype == np.float32
     assert x[1, 2].min() == 1.0 and x[1, :2].max() == 0.0 and x[0].max() == 0.0
+
+
+def test_open_image_names_heic_as_unsupported():
+    heic = b"\x00\x00\x00\x18ftypheic" + b"\x00" * 40
+    with pytest.raises(ImageError, match="HEIC") as info:
+        open_image(heic)
+    assert info.value.code == "unsupported_format"

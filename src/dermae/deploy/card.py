@@ -152,7 +152,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         "- Out of scope: " + "; ".join(card["intended_use"]["out_of_scope"]) + ".",
         "",
         "## Model",
-        f"- Architecture: `{model['arch']}` (timm), {model.get('parameters') or '?'} parameters.",
+        f"- Architecture: `{model['arch']}` (timm), {model.get('parameters') or 0:,} parameters.",
         f"- Input `{model['input']['name']}`: float32 [N, 3, {size}, {size}], RGB, values in "
         "[0, 1] (uint8 pixels / 255). Mean/std normalisation "
         f"(mean {model['normalization']['mean']}, std {model['normalization']['std']}) "

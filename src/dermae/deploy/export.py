@@ -252,3 +252,71 @@ __all__ = [
     "torch_probs",
     "write_onnx",
 ]
+
+
+def export_run(
+    cfg: Any,
+    checkpoint_dir: str | Path,
+    out_dir: str | Path | None = None,
+    metrics: str | Path | dict[str, Any] | None = None,
+) -> Path:
+    """Pipeline entry: export with the run's prepared data and `cfg.export` (ExportConfig).
+
+    Calibration images come from `cfg.export.calibration_split` (real images only:
+    deployment sees real photos), the validation split judges int8 variants (and sets
+    the threshold when the checkpoint has none), the test split is only reported.
+    Writes to `<run_dir>/export` unless `out_dir` is given.
+    """
+    from dermae.data.prepared import load_prepared
+
+    ecfg = cfg.export
+    if ecfg.calibration_split not in ("train", "val"):
+        raise ValueError(
+            f"export.calibration_split must be 'train' or 'val', not '{ecfg.calibration_split}'"
+        )
+    data = load_prepared(cfg.run_dir, with_synthetic=False)
+
+    def split(name: str) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+        rows = data.rows(name)
+        if len(rows) == 0:
+            return None, None
+        pixels = data.arrays["real"][np.sort(rows["cache_index"].to_numpy())]
+        labels = rows.sort_values("cache_index")["label"].to_numpy()
+        return pixels, labels
+
+    calib, _ = split(ecfg.calibration_split)
+    if calib is not None and len(calib) > ecfg.calibration_images:
+        pick = np.random.default_rng(cfg.seed).choice(len(calib), ecfg.calibration_images, False)
+        calib = calib[np.sort(pick)]
+    val_x, val_y = split("val")
+    test_x, test_y = split("test")
+    return export_onnx(
+        checkpoint_dir,
+        out_dir or Path(cfg.run_dir) / "export",
+        opset=ecfg.opset,
+        calibration_images=calib,
+        int8=ecfg.int8,
+        val_images=val_x,
+        val_labels=val_y,
+        test_images=test_x,
+        test_labels=test_y,
+        metrics=metrics,
+        int8_variant=ecfg.int8_variant,
+        int8_variants=tuple(ecfg.int8_variants),
+        threshold_specificity=ecfg.threshold_specificity,
+        max_calibration_images=ecfg.calibration_images,
+        parity_count=ecfg.parity_images,
+        max_balanced_acc_drop=ecfg.max_balanced_acc_drop,
+        threads=ecfg.timing_threads,
+    )
+
+
+__all__ = [
+    "MODEL_FILE",
+    "REPORT_FILE",
+    "ProbabilityModel",
+    "export_onnx",
+    "export_run",
+    "torch_probs",
+    "write_onnx",
+]

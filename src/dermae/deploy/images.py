@@ -26,7 +26,8 @@ INTERPOLATIONS = {
     "area": Image.Resampling.BOX,
 }
 # Formats a clinic camera, phone or dermatoscope export produces (MPO = multi-picture JPEG).
-ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF"})
+OPEN_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")  # parsers Image.open may use
+ALLOWED_FORMATS = frozenset({*OPEN_FORMATS, "MPO"})  # MPO comes out of the JPEG parser
 DEFAULT_MAX_PIXELS = 50_000_000  # above any phone camera (48 MP), far below a bomb
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 
@@ -37,6 +38,20 @@ class ImageError(ValueError):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
+
+
+# Magic bytes of image formats people try that are not accepted (for a clearer error).
+OTHER_FORMATS = {b"GIF87a": "GIF", b"GIF89a": "GIF", b"%PDF": "PDF", b"\x00\x00\x01\x00": "ICO"}
+
+
+def _sniff_other_format(head: bytes) -> str | None:
+    for magic, name in OTHER_FORMATS.items():
+        if head.startswith(magic):
+            return name
+    if head[4:8] == b"ftyp":  # ISO media: HEIC / HEIF (iPhone) or AVIF
+        brand = head[8:12]
+        return "AVIF" if brand.startswith(b"avi") else "HEIC/HEIF"
+    return None
 
 
 def _stream(source: str | Path | bytes) -> BinaryIO:
@@ -58,12 +73,21 @@ def open_image(
         with _stream(source) as stream, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
-                image = Image.open(stream)  # reads only the header
+                # Only the accepted formats' parsers ever see the bytes; reads the header only.
+                image = Image.open(stream, formats=OPEN_FORMATS)
             except (Image.DecompressionBombError, Image.DecompressionBombWarning):
                 raise ImageError(
                     "too_many_pixels", f"{label}: image has too many pixels (over {max_pixels:,})"
                 ) from None
             except UnidentifiedImageError:
+                stream.seek(0)
+                known = _sniff_other_format(stream.read(32))
+                if known:
+                    raise ImageError(
+                        "unsupported_format",
+                        f"{label}: {known} images are not accepted; "
+                        "use JPEG, PNG, WebP, BMP or TIFF",
+                    ) from None
                 raise ImageError(
                     "not_an_image",
                     f"{label}: not a readable image; use JPEG, PNG, WebP, BMP or TIFF",

@@ -34,8 +34,10 @@ def _json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _pngs(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.png")) if folder.exists() else []
+def _pngs(folder: Path) -> list[tuple[Path, str]]:
+    """PNGs of a stage folder, captioned by file name (samples_mel.png -> "samples mel")."""
+    found = sorted(folder.glob("*.png")) if folder.exists() else []
+    return [(p, p.stem.replace("_", " ")) for p in found]
 
 
 def data_section(run_dir: Path, figures: Path) -> Section:
@@ -100,7 +102,7 @@ def synth_section(run_dir: Path) -> Section | None:
     vae_metrics = _json(synth_dir / "vae" / "metrics.json")
     if vae_metrics:
         tables.append({"rows": [vae_metrics], "caption": "VAE reconstruction on val"})
-    images = _pngs(synth_dir)
+    images = _pngs(synth_dir) + _pngs(synth_dir / "vae")
     return Section("Synthetic lesions", paragraphs, tables, images)
 
 

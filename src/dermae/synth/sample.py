@@ -258,11 +258,23 @@ def _settings(cfg: SampleConfig, model_id: str, conditioning: str) -> dict:
 def _row_labels(
     class_name: str, conditioning: str, class_names: list[str], malignant_classes: list[str]
 ) -> tuple[str, int, int]:
-    """(diagnosis, label, malignant) columns of a synthetic row."""
-    label = class_names.index(class_name) if class_name in class_names else IGNORE_LABEL
+    """(diagnosis, label, malignant) columns of a synthetic row.
+
+    label follows the prepared data's class_names: the diagnosis index, or the malignant flag
+    when the data is binary; a binary-conditioned image has no diagnosis, so with 7-class
+    data its label is IGNORE_LABEL.
+    """
     if conditioning == "malignant":
-        return class_name, label, int(class_name == MALIGNANT_NAMES[1])
-    return class_name, label, int(class_name in malignant_classes)
+        malignant = int(class_name == MALIGNANT_NAMES[1])
+    else:
+        malignant = int(class_name in malignant_classes)
+    if class_name in class_names:
+        label = class_names.index(class_name)
+    elif list(class_names) == list(MALIGNANT_NAMES):
+        label = malignant
+    else:
+        label = IGNORE_LABEL
+    return class_name, label, malignant
 
 
 def sample_balanced(
