@@ -127,6 +127,9 @@ class MAEConfig:
     decoder_heads: int = 4
     norm_pix_loss: bool = True
     synthetic_ratio: float = 1.0
+    augment: bool = True  # random resized crop + flips
+    min_crop_scale: float = 0.3  # smallest crop area fraction of the random resized crop
+    grid_images: int = 8  # validation images in pretrain/reconstructions.png (viewing only)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=1.5e-3))
 
 
@@ -139,8 +142,12 @@ class FinetuneConfig:
     drop_path: float = 0.1
     mixup: float = 0.0
     cutmix: float = 0.0
-    loss: str = "weighted_ce"
+    loss: str = "weighted_ce"  # ce | weighted_ce | balanced_sampler
     synthetic_ratio: float = 1.0
+    global_pool: str = "avg"  # avg (MAE recipe: new fc_norm, encoder's final norm dropped) | token
+    label_smoothing: float = 0.0
+    augment: bool = True
+    eval_batch_size: int = 256
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=1e-3))
 
 
@@ -149,9 +156,12 @@ class DistillConfig:
     model: str = "efficientnet_b0"
     alpha: float = 0.7
     temperature: float = 2.0
-    cache_teacher_logits: bool = False
-    loss: str = "ce"
+    cache_teacher_logits: bool = False  # teacher run once on un-augmented train images
+    loss: str = "ce"  # ce | weighted_ce | balanced_sampler (hard-label part only)
     synthetic_ratio: float = 1.0
+    augment: bool = True
+    drop_rate: float = 0.1
+    latency_runs: int = 30  # batch-1 CPU timings behind model_stats.json's median latency
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=2e-3))
 
 
@@ -169,6 +179,15 @@ class ExportConfig:
     opset: int = 17
     int8: bool = True
     calibration_images: int = 256
+    calibration_split: str = "train"  # train | val (never test)
+    # auto = fastest variant within max_balanced_acc_drop on val; or one of
+    # dynamic | qdq | qoperator | qdq_all | qoperator_all | qdq_default
+    int8_variant: str = "auto"
+    int8_variants: tuple[str, ...] = ("dynamic", "qdq", "qoperator", "qdq_all", "qoperator_all")
+    max_balanced_acc_drop: float = 0.005
+    threshold_specificity: float = 0.9  # used only when the checkpoint holds no threshold
+    timing_threads: int = 1  # 1: compare variants by CPU time, robust to a busy machine
+    parity_images: int = 32
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.helpers.tiny_fit import run
 
 from dermae.config import TrainConfig
 from dermae.engine.loop import steps_per_epoch, total_steps
+from tests.helpers.tiny_fit import run
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 HAM10000_CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 # akiec (actinic keratosis / Bowen's disease) counted malignant: the usual binary mapping.
-MALIGNANT_CODES: frozenset[str] = frozenset({"mel", "bcc", "akiec", "scc"})
+# "malignant" names the positive class of binary (benign/malignant) datasets and label mode.
+MALIGNANT_CODES: frozenset[str] = frozenset({"mel", "bcc", "akiec", "scc", "malignant"})
 CLASS_DESCRIPTIONS: dict[str, str] = {
     "akiec": "actinic keratosis / intraepithelial carcinoma",
     "bcc": "basal cell carcinoma",

@@ -127,7 +127,7 @@ class LesionDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         pixels = self.arrays[self._source[i]][self._cache_index[i]]  # [S, S, 3] uint8
-        image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
+        image = torch.from_numpy(np.array(pixels)).permute(2, 0, 1)  # copy: the cache is read-only
         if self.transform is not None:
             image = self.transform(image)
         return {

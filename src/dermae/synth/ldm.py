@@ -211,7 +211,7 @@ def cached_latents(
 # ----------------------------------------------------------------------------- training
 
 
-def train_ldm(cfg: Config, run_dir: str | Path) -> Path:
+def train_ldm(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
     """Train the class-conditioned UNet on real train latents; write `<run_dir>/synth/unet`.
 
     The folder holds the EMA weights (when ema_decay > 0) in diffusers format and
@@ -250,6 +250,7 @@ def train_ldm(cfg: Config, run_dir: str | Path) -> Path:
         synth_dir(run_dir) / "ldm_train",
         desc="ldm",
         run_config=to_dict(cfg),
+        resume=resume,
     )
     unet = result.model  # EMA weights when the loop keeps an EMA
 

@@ -163,7 +163,7 @@ def vae_augment() -> v2.Transform:
     return v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomTranspose()])
 
 
-def train_vae(cfg: Config, run_dir: str | Path) -> Path:
+def train_vae(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
     """Train the VAE on the real train split; write `<run_dir>/synth/vae` (diffusers folder).
 
     The folder also holds metrics.json (val PSNR/SSIM) and reconstructions.png.
@@ -196,6 +196,7 @@ def train_vae(cfg: Config, run_dir: str | Path) -> Path:
         evaluate=evaluate if len(val_rows) else None,
         desc="vae",
         run_config=to_dict(cfg),
+        resume=resume,
     )
     vae = result.model.eval()
     device = default_device()

@@ -1,0 +1,187 @@
+"""Command-line interface: argument parsing and dispatch only; the work lives in the stages."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dermae.config import Config, ConfigError, load_config
+
+
+def _lazy(target: str) -> Callable[..., Any]:
+    """'module:function' imported on use, so `dermae --help` stays fast."""
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help="YAML config (configs/demo.yaml, ...)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set baseline.train.lr=1e-3 (repeatable)",
+    )
+    p.add_argument("--run-dir", help="override run_dir")
+    p.add_argument("--no-resume", action="store_true", help="start training stages afresh")
+
+
+def _load(args: argparse.Namespace) -> Config:
+    overrides = list(args.set)
+    if args.run_dir:
+        overrides.append(f"run_dir={args.run_dir}")
+    return load_config(args.config, overrides)
+
+
+# Stage commands taking (cfg, run_dir) -> Path.
+STAGE_COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("dermae.classify.baseline:train_baseline", "train the plain baseline classifier"),
+    "pretrain": ("dermae.pretrain.train:pretrain", "MAE pre-training of the ViT teacher"),
+    "finetune": ("dermae.classify.finetune:finetune", "fine-tune the teacher classifier"),
+    "distill": ("dermae.distill.train:distill", "distil the teacher into the small student"),
+    "ablate": ("dermae.evaluate.ablation:ablate", "the ablation: baseline vs simple fix vs DerMAE"),
+    "report": ("dermae.evaluate.summary:build_report", "write report.html and report.md"),
+}
+SYNTH_COMMANDS: dict[str, tuple[str, str]] = {
+    "train-vae": ("dermae.synth.vae:train_vae", "train the VAE on the real train split"),
+    "train": ("dermae.synth.ldm:train_ldm", "train the class-conditioned latent UNet"),
+    "sample": ("dermae.synth.stages:sample_stage", "generate images to balance the classes"),
+    "evaluate": ("dermae.synth.stages:quality_stage", "FID/KID, fidelity, near-copies"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dermae",
+        description="DerMAE: synthesise -> MAE pre-train -> distil -> evaluate, for dermoscopy.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="the whole pipeline; done stages are skipped")
+    _config_args(p)
+    p.add_argument("--from", dest="from_stage", help="rerun from this stage on")
+    p.add_argument("--until", dest="until_stage", help="stop after this stage")
+    p.set_defaults(handler=_run)
+
+    data = sub.add_parser("data", help="prepare or fetch a dataset").add_subparsers(
+        dest="data_command", required=True, metavar="ACTION"
+    )
+    p = data.add_parser("prepare", help="ingest, split by lesion, cache images")
+    _config_args(p)
+    p.set_defaults(handler=_prepare)
+    p = data.add_parser("fetch", help="download a public dataset (checksum, resume)")
+    p.add_argument("name", choices=["ham10000"])
+    p.add_argument("--to", required=True, type=Path)
+    p.add_argument("--url", help="archive URL (default: the official release)")
+    p.add_argument("--sha256", help="expected checksum of the archive")
+    p.set_defaults(handler=_fetch)
+
+    for name, (target, help_text) in STAGE_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        _config_args(p)
+        p.set_defaults(handler=_stage, target=target)
+
+    synth = sub.add_parser("synth", help="latent-diffusion synthesis").add_subparsers(
+        dest="synth_command", required=True, metavar="ACTION"
+    )
+    for name, (target, help_text) in SYNTH_COMMANDS.items():
+        p = synth.add_parser(name, help=help_text)
+        _config_args(p)
+        p.set_defaults(handler=_stage, target=target)
+
+    p = sub.add_parser("evaluate", help="metrics, CIs and plots for a classifier on a split or set")
+    _config_args(p)
+    p.add_argument("--model", type=Path, help="classifier folder (default: the run's student)")
+    p.add_argument("--split", help="train | val | test (default: evaluate.split)")
+    p.add_argument("--data", type=Path, help="an external labelled set in a supported layout")
+    p.add_argument("--out", type=Path, help="output folder")
+    p.set_defaults(handler=_evaluate)
+
+    p = sub.add_parser("export", help="ONNX (+ int8) export with parity checks and a model card")
+    _config_args(p)
+    p.add_argument("--model", type=Path, help="classifier folder (default: the run's student)")
+    p.add_argument("--out", type=Path, help="export folder (default: <run_dir>/export)")
+    p.set_defaults(handler=_export)
+
+    p = sub.add_parser("predict", help="class probabilities and malignant risk for images")
+    p.add_argument("inputs", nargs="+", help="images, folders, or CSV files of paths")
+    p.add_argument("--model", required=True, type=Path, help="export folder or classifier folder")
+    p.add_argument("--format", default="table", choices=["table", "json", "csv"])
+    p.add_argument("--out", type=Path, help="write the result here")
+    p.set_defaults(handler=_predict)
+
+    p = sub.add_parser("serve", help="web service and page for an exported model")
+    p.add_argument("--model", required=True, type=Path, help="export folder")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(handler=_serve)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> Any:
+    return _lazy("dermae.pipeline:run_pipeline")(
+        _load(args),
+        from_stage=args.from_stage,
+        until_stage=args.until_stage,
+        resume=not args.no_resume,
+    )
+
+
+def _prepare(args: argparse.Namespace) -> Any:
+    cfg = _load(args)
+    return _lazy("dermae.data.prepare:prepare_dataset")(cfg.data, cfg.run_dir)
+
+
+def _fetch(args: argparse.Namespace) -> Any:
+    return _lazy("dermae.data.fetch:fetch_dataset")(
+        args.name, args.to, url=args.url, sha256=args.sha256
+    )
+
+
+def _stage(args: argparse.Namespace) -> Any:
+    cfg = _load(args)
+    return _lazy(args.target)(cfg, cfg.run_dir, resume=not args.no_resume)
+
+
+def _evaluate(args: argparse.Namespace) -> Any:
+    cfg = _load(args)
+    return _lazy("dermae.evaluate.run:evaluate_command")(
+        cfg, model_dir=args.model, split=args.split, data=args.data, out_dir=args.out
+    )
+
+
+def _export(args: argparse.Namespace) -> Any:
+    cfg = _load(args)
+    return _lazy("dermae.deploy.stages:export_command")(cfg, model_dir=args.model, out_dir=args.out)
+
+
+def _predict(args: argparse.Namespace) -> Any:
+    return _lazy("dermae.deploy.predictor:run_predict")(
+        args.inputs, args.model, out=args.out, fmt=args.format
+    )
+
+
+def _serve(args: argparse.Namespace) -> Any:
+    return _lazy("dermae.deploy.server:serve")(args.model, host=args.host, port=args.port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.handler(args)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        # Expected user errors get one clear line, not a traceback.
+        print(f"dermae: error: {err}", file=sys.stderr)
+        return 2
+    if isinstance(result, Path):
+        print(f"dermae: wrote {result}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

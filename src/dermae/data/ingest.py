@@ -1,0 +1,523 @@
+"""Read a labelled dermoscopy dataset from one of three layouts into one table.
+
+Layouts:
+    ham10000  a per-image CSV: `labels.csv` (image_id, diagnosis, lesion_id, file, ...) or the
+              original `HAM10000_metadata.csv` (lesion_id, image_id, dx, dx_type, age, sex,
+              localization); images are found by id anywhere under the CSV's folder
+              (images/<id>.jpg, <id>.jpg, HAM10000_images_part_1/<id>.jpg, ...).
+    isic      an ISIC ground-truth CSV: an `image` column and one-hot class columns
+              (MEL, NV, BCC, AKIEC, BKL, DF, VASC; or a subset, or others such as SCC).
+    folders   one folder per class: root/<class_name>/*.jpg|png|...
+
+Every layout gives the same rows: image_id, path (absolute), diagnosis, malignant, group_id,
+age, sex, site, dx_type, source="real". Images are not decoded here (the cache does that once);
+this module checks what can be checked without pixels and reports every problem at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from dermae.data.classes import CLASS_DESCRIPTIONS, HAM10000_CLASSES, MALIGNANT_CODES
+from dermae.data.errors import DataError
+
+LAYOUTS = ("ham10000", "isic", "folders")
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+ROW_COLUMNS = [
+    "image_id",
+    "path",
+    "diagnosis",
+    "malignant",
+    "group_id",
+    "age",
+    "sex",
+    "site",
+    "dx_type",
+    "source",
+]
+# CSV names looked for, in this order, when `root` is a folder.
+HAM_CSV_NAMES = ("labels.csv", "HAM10000_metadata.csv", "HAM10000_metadata.original.csv")
+# Diagnosis codes the ham10000 layout accepts; anything else is reported as unknown.
+KNOWN_DIAGNOSES = frozenset(CLASS_DESCRIPTIONS)
+
+# Column aliases: first one present wins.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "image_id": ("image_id", "image", "isic_id"),
+    "diagnosis": ("diagnosis", "dx"),
+    "group_id": ("lesion_id",),
+    "age": ("age", "age_approx"),
+    "sex": ("sex",),
+    "site": ("site", "localization", "anatom_site_general", "anatom_site_general_challenge"),
+    "dx_type": ("dx_type", "diagnosis_confirm_type"),
+    "file": ("file", "path", "filename"),
+}
+METADATA_COLUMNS = frozenset(c for names in ALIASES.values() for c in names)
+SKIP_HINT = "or set data.skip_bad=true to skip such rows (they are then listed in skipped.csv)"
+MAX_LISTED = 10
+
+
+@dataclass
+class IngestResult:
+    rows: pd.DataFrame  # ROW_COLUMNS, one row per usable image
+    class_names: list[str]
+    layout: str
+    source: Path  # the CSV read, or the class-folder root
+    skipped: list[dict] = field(default_factory=list)  # {"row", "file", "reason"}
+    notes: list[str] = field(default_factory=list)  # facts worth printing (nothing dropped)
+
+
+class _Problems:
+    """Collects bad rows: raised together at the end, or recorded as skipped."""
+
+    def __init__(self, skip_bad: bool):
+        self.skip_bad = skip_bad
+        self.items: list[dict] = []
+
+    def add(self, row: int | str, file: str | Path, reason: str) -> None:
+        self.items.append({"row": row, "file": str(file), "reason": reason})
+
+    def raise_if_any(self, what: str) -> None:
+        if self.skip_bad or not self.items:
+            return
+        lines = [_describe(p) for p in self.items[:MAX_LISTED]]
+        more = len(self.items) - MAX_LISTED
+        if more > 0:
+            lines.append(f"... and {more} more")
+        raise DataError(
+            f"{len(self.items)} problem(s) in {what}:\n  "
+            + "\n  ".join(lines)
+            + f"\nFix or remove these entries, {SKIP_HINT}."
+        )
+
+
+def _describe(problem: dict) -> str:
+    where = f"line {problem['row']}: " if problem["row"] != "" else ""
+    return f"{where}{problem['file']}: {problem['reason']}"
+
+
+# ----------------------------------------------------------------------------- layout detection
+
+
+def _read_header(path: Path) -> list[str]:
+    try:
+        return [c.strip() for c in pd.read_csv(path, nrows=0).columns]
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError):
+        return []
+
+
+def _csv_kind(path: Path) -> str | None:
+    """'ham10000', 'isic' or None, judged from a CSV's header."""
+    cols = set(_read_header(path))
+    if "image_id" in cols and ({"diagnosis", "dx"} & cols):
+        return "ham10000"
+    if "image" in cols and len(cols - METADATA_COLUMNS) >= 1:
+        return "isic"
+    return None
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def detect_layout(root: str | Path, layout: str = "auto") -> tuple[str, Path]:
+    """(layout, source): the CSV to read, or `root` itself for class folders."""
+    root = Path(root).expanduser().resolve()
+    if layout not in ("auto", *LAYOUTS):
+        raise DataError(f"unknown data layout '{layout}'; use auto, {', '.join(LAYOUTS)}")
+    if not root.exists():
+        raise DataError(
+            f"data root {root} does not exist: set data.root (or the DERMAE_DATA environment "
+            "variable) to the dataset folder, or fetch it with `dermae data fetch`"
+        )
+    if root.is_file():
+        kind = _csv_kind(root)
+        if layout == "folders" or (layout == "auto" and kind is None):
+            raise DataError(
+                f"{root} is a file but not a recognised labels CSV (found columns "
+                f"{_read_header(root)}); expected image_id + diagnosis/dx, or image + one-hot "
+                "class columns"
+            )
+        return (kind if layout == "auto" else layout), root
+    if layout == "folders":
+        return "folders", root
+    csvs = [root / n for n in HAM_CSV_NAMES if (root / n).is_file()]
+    csvs += sorted(p for p in root.glob("*.csv") if p not in csvs)
+    for csv in csvs:
+        kind = _csv_kind(csv)
+        if kind is not None and layout in ("auto", kind):
+            return kind, csv
+    # A CSV with a HAM10000 name (or the only CSV, for isic) is read anyway, so that the
+    # error names its missing columns instead of guessing another layout.
+    named = [p for p in csvs if p.name in HAM_CSV_NAMES]
+    if named and layout in ("auto", "ham10000"):
+        return "ham10000", named[0]
+    if layout == "isic" and len(csvs) == 1:
+        return "isic", csvs[0]
+    if layout in ("ham10000", "isic"):
+        raise DataError(
+            f"no {layout} labels CSV found in {root} (looked at: "
+            f"{', '.join(p.name for p in csvs) or 'no CSV files'}); point data.root at the CSV "
+            "file itself or fix its columns"
+        )
+    if _class_dirs(root):
+        return "folders", root
+    raise DataError(
+        f"cannot tell the layout of {root}: expected labels.csv / HAM10000_metadata.csv, an "
+        "ISIC ground-truth CSV (image + one-hot columns), or one sub-folder per class"
+    )
+
+
+def fingerprint_tree(root: str | Path) -> str:
+    """Cheap identity of a dataset folder: names, sizes and mtimes of its images and CSVs."""
+    root = Path(root).expanduser().resolve()
+    digest = hashlib.sha256(str(root).encode())
+    base = root if root.is_dir() else root.parent
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            suffix = os.path.splitext(name)[1].lower()
+            if suffix in IMAGE_EXTENSIONS or suffix in (".csv", ".tab"):
+                st = os.stat(os.path.join(dirpath, name))
+                rel = os.path.relpath(os.path.join(dirpath, name), base)
+                digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _image_index(base: Path) -> dict[str, list[Path]]:
+    """Image stem -> files with that stem anywhere under `base` (one walk, not 10k lookups)."""
+    index: dict[str, list[Path]] = {}
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            stem, suffix = os.path.splitext(name)
+            if suffix.lower() in IMAGE_EXTENSIONS:
+                index.setdefault(stem, []).append(Path(dirpath) / name)
+    return index
+
+
+def _pick_column(columns: Iterable[str], key: str) -> str | None:
+    cols = list(columns)
+    return next((c for c in ALIASES[key] if c in cols), None)
+
+
+def _parse_age(values: pd.Series, notes: list[str], source: Path) -> pd.Series:
+    ages = pd.to_numeric(values.str.strip(), errors="coerce").astype(float)
+    odd = values[(values.str.strip() != "") & ages.isna()]
+    if len(odd):
+        notes.append(
+            f"{source.name}: {len(odd)} age value(s) are not numbers (e.g. {odd.iloc[0]!r}) "
+            "and were read as unknown"
+        )
+    return ages
+
+
+def _text(values: pd.Series | None, n: int) -> list[str]:
+    if values is None:
+        return ["unknown"] * n
+    return [v.strip() if v.strip() else "unknown" for v in values]
+
+
+def _resolve_image(
+    image_id: str, file_value: str, base: Path, index: dict[str, list[Path]]
+) -> tuple[Path | None, str]:
+    """The image file of one CSV row, or (None, reason)."""
+    if file_value:
+        given = Path(file_value).expanduser()
+        candidate = given if given.is_absolute() else base / given
+        if candidate.is_file():
+            return candidate.resolve(), ""
+    found = index.get(image_id, [])
+    if len(found) == 1:
+        return found[0].resolve(), ""
+    if len(found) > 1:
+        listed = ", ".join(str(p.relative_to(base)) for p in found[:3])
+        return None, f"several files match image id {image_id} ({listed}); keep only one"
+    looked = f"'{file_value}', " if file_value else ""
+    return None, (
+        f"image file not found for {image_id} (looked for {looked}{image_id}.jpg|png|... "
+        f"anywhere under {base}); add the file or remove the row"
+    )
+
+
+def _finish(
+    records: list[dict],
+    class_names: list[str],
+    problems: _Problems,
+    layout: str,
+    source: Path,
+    notes: list[str],
+) -> IngestResult:
+    """Check for empty classes, then build the table."""
+    present = {r["diagnosis"] for r in records}
+    for name in [c for c in class_names if c not in present]:
+        problems.add("", source, f"class '{name}' has no images; add images or drop the class")
+    problems.raise_if_any(str(source))
+    class_names = [c for c in class_names if c in present]
+    if not records:
+        raise DataError(f"no usable images in {source}; check data.root and data.layout")
+    rows = pd.DataFrame.from_records(records, columns=ROW_COLUMNS)
+    rows["malignant"] = rows["diagnosis"].isin(MALIGNANT_CODES).astype(int)
+    rows["source"] = "real"
+    rows["age"] = rows["age"].astype(float)
+    if not any(c in MALIGNANT_CODES for c in class_names):
+        notes.append(
+            f"no class is a known malignant code ({', '.join(sorted(MALIGNANT_CODES))}): "
+            "malignant-vs-benign metrics will be undefined"
+        )
+    return IngestResult(rows, class_names, layout, source, problems.items, notes)
+
+
+def _ordered_classes(names: Iterable[str]) -> list[str]:
+    """HAM10000 / ISIC-7 keep the ISIC order; any other vocabulary is sorted."""
+    names = set(names)
+    if names <= set(HAM10000_CLASSES):
+        return list(HAM10000_CLASSES)
+    return sorted(names)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {path} as CSV ({err}); check the file") from err
+    table.columns = [c.strip() for c in table.columns]
+    return table
+
+
+def _require(table: pd.DataFrame, path: Path, needed: dict[str, str | None]) -> None:
+    missing = [k for k, col in needed.items() if col is None]
+    if missing:
+        wanted = "; ".join(f"{k}: one of {'/'.join(ALIASES[k])}" for k in missing)
+        raise DataError(
+            f"{path} lacks required column(s) ({wanted}); found columns {list(table.columns)}"
+        )
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def ingest_ham10000(csv: Path, skip_bad: bool = False) -> IngestResult:
+    table = _read_csv(csv)
+    cols = {k: _pick_column(table.columns, k) for k in ALIASES}
+    _require(table, csv, {"image_id": cols["image_id"], "diagnosis": cols["diagnosis"]})
+    notes: list[str] = []
+    if cols["group_id"] is None:
+        notes.append(
+            f"{csv.name} has no lesion_id column: each image is its own group, so images of "
+            "one lesion may land in different splits"
+        )
+    base = csv.parent
+    index = _image_index(base)
+    problems = _Problems(skip_bad)
+    n = len(table)
+    ids = [v.strip() for v in table[cols["image_id"]]]
+    dx = [v.strip().lower() for v in table[cols["diagnosis"]]]
+    groups = [v.strip() for v in table[cols["group_id"]]] if cols["group_id"] else [""] * n
+    files = [v.strip() for v in table[cols["file"]]] if cols["file"] else [""] * n
+    ages = _parse_age(table[cols["age"]], notes, csv) if cols["age"] else pd.Series([math.nan] * n)
+    sex = _text(table[cols["sex"]] if cols["sex"] else None, n)
+    site = _text(table[cols["site"]] if cols["site"] else None, n)
+    dx_type = _text(table[cols["dx_type"]] if cols["dx_type"] else None, n)
+
+    first_line: dict[str, int] = {}
+    records = []
+    for i in range(n):
+        line = i + 2  # header is line 1
+        image_id = ids[i]
+        if not image_id:
+            problems.add(line, csv, "empty image_id")
+            continue
+        if image_id in first_line:
+            problems.add(
+                line, csv, f"duplicate image_id {image_id} (first on line {first_line[image_id]})"
+            )
+            continue
+        first_line[image_id] = line
+        if dx[i] not in KNOWN_DIAGNOSES:
+            problems.add(
+                line,
+                csv,
+                f"unknown diagnosis '{dx[i]}' for {image_id} "
+                f"(known: {', '.join(sorted(KNOWN_DIAGNOSES))})",
+            )
+            continue
+        path, reason = _resolve_image(image_id, files[i], base, index)
+        if path is None:
+            problems.add(line, csv, reason)
+            continue
+        records.append(
+            {
+                "image_id": image_id,
+                "path": str(path),
+                "diagnosis": dx[i],
+                "group_id": groups[i] or image_id,
+                "age": ages.iloc[i],
+                "sex": sex[i],
+                "site": site[i],
+                "dx_type": dx_type[i],
+            }
+        )
+    classes = _ordered_classes(r["diagnosis"] for r in records)
+    return _finish(records, classes, problems, "ham10000", csv, notes)
+
+
+def _is_zero_one(value: str) -> bool | None:
+    """True for 1, False for 0, None for anything else."""
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return {0.0: False, 1.0: True}.get(number)
+
+
+def ingest_isic(csv: Path, skip_bad: bool = False) -> IngestResult:
+    table = _read_csv(csv)
+    image_col = "image" if "image" in table.columns else _pick_column(table.columns, "image_id")
+    if image_col is None:
+        raise DataError(
+            f"{csv} lacks the 'image' column of an ISIC ground-truth CSV; found {list(table.columns)}"
+        )
+    notes: list[str] = []
+    candidates = [c for c in table.columns if c != image_col and c not in METADATA_COLUMNS]
+    class_cols = []
+    for col in candidates:
+        parsed = [_is_zero_one(v) for v in table[col]]
+        if all(p is None for p in parsed):
+            notes.append(f"{csv.name}: column '{col}' is not a 0/1 class column; ignored")
+        elif col.upper() == "UNK" and not any(parsed):
+            # ISIC 2019 ships an all-zero UNK ("none of the others") column in its ground truth.
+            notes.append(f"{csv.name}: all-zero UNK column ignored")
+        else:
+            class_cols.append(col)
+    if not class_cols:
+        raise DataError(
+            f"{csv} has no one-hot class columns (e.g. MEL, NV, BCC, AKIEC, BKL, DF, VASC); "
+            f"found {list(table.columns)}"
+        )
+    names = {col: col.strip().lower() for col in class_cols}
+    group_col = _pick_column(table.columns, "group_id")
+    if group_col is None:
+        notes.append(f"{csv.name}: no lesion_id column, so each image is its own group")
+    cols = {k: _pick_column(table.columns, k) for k in ("age", "sex", "site", "dx_type", "file")}
+    n = len(table)
+    ages = _parse_age(table[cols["age"]], notes, csv) if cols["age"] else pd.Series([math.nan] * n)
+    sex = _text(table[cols["sex"]] if cols["sex"] else None, n)
+    site = _text(table[cols["site"]] if cols["site"] else None, n)
+    dx_type = _text(table[cols["dx_type"]] if cols["dx_type"] else None, n)
+    files = [v.strip() for v in table[cols["file"]]] if cols["file"] else [""] * n
+    groups = [v.strip() for v in table[group_col]] if group_col else [""] * n
+
+    base = csv.parent
+    index = _image_index(base)
+    problems = _Problems(skip_bad)
+    onehot = {col: [_is_zero_one(v) for v in table[col]] for col in class_cols}
+    first_line: dict[str, int] = {}
+    records = []
+    for i in range(n):
+        line = i + 2
+        image_id = table[image_col].iloc[i].strip()
+        if not image_id:
+            problems.add(line, csv, "empty image id")
+            continue
+        if image_id in first_line:
+            problems.add(
+                line, csv, f"duplicate image {image_id} (first on line {first_line[image_id]})"
+            )
+            continue
+        first_line[image_id] = line
+        bad = [c for c in class_cols if onehot[c][i] is None]
+        if bad:
+            problems.add(line, csv, f"{image_id}: value of column {bad[0]} is not 0 or 1")
+            continue
+        hot = [c for c in class_cols if onehot[c][i]]
+        if len(hot) != 1:
+            problems.add(
+                line,
+                csv,
+                f"{image_id} has {len(hot)} positive class columns ({', '.join(hot) or 'none'}); "
+                "expected exactly one 1 (unknown diagnosis)",
+            )
+            continue
+        path, reason = _resolve_image(image_id, files[i], base, index)
+        if path is None:
+            problems.add(line, csv, reason)
+            continue
+        records.append(
+            {
+                "image_id": image_id,
+                "path": str(path),
+                "diagnosis": names[hot[0]],
+                "group_id": groups[i] or image_id,
+                "age": ages.iloc[i],
+                "sex": sex[i],
+                "site": site[i],
+                "dx_type": dx_type[i],
+            }
+        )
+    classes = _ordered_classes(names.values())
+    return _finish(records, classes, problems, "isic", csv, notes)
+
+
+def ingest_folders(root: Path, skip_bad: bool = False) -> IngestResult:
+    problems = _Problems(skip_bad)
+    notes: list[str] = []
+    dirs = _class_dirs(root)
+    if not dirs:
+        raise DataError(f"{root} has no class sub-folders (expected root/<class_name>/*.jpg)")
+    seen: dict[str, Path] = {}
+    records = []
+    ignored = 0
+    classes = set()
+    for folder in dirs:
+        name = folder.name.strip().lower()
+        classes.add(name)
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            if path.suffix.lower() not in IMAGE_EXTENSIONS or path.name.startswith("."):
+                ignored += 1
+                continue
+            image_id = path.stem
+            if image_id in seen:
+                problems.add(
+                    "",
+                    path,
+                    f"duplicate image id {image_id} (also {seen[image_id]}); rename or remove one",
+                )
+                continue
+            seen[image_id] = path
+            records.append(
+                {
+                    "image_id": image_id,
+                    "path": str(path.resolve()),
+                    "diagnosis": name,
+                    "group_id": image_id,
+                    "age": math.nan,
+                    "sex": "unknown",
+                    "site": "unknown",
+                    "dx_type": "unknown",
+                }
+            )
+    if ignored:
+        notes.append(f"{root}: {ignored} non-image file(s) ignored")
+    notes.append(f"{root}: class folders carry no lesion ids, so each image is its own group")
+    return _finish(records, _ordered_classes(classes), problems, "folders", root, notes)
+
+
+def ingest_dataset(root: str | Path, layout: str = "auto", skip_bad: bool = False) -> IngestResult:
+    """Read any supported layout. Bad rows raise one `DataError` listing them all, unless
+    `skip_bad`, in which case they are returned in `.skipped` (row, file, reason)."""
+    kind, source = detect_layout(root, layout)
+    if kind == "ham10000":
+        return ingest_ham10000(source, skip_bad)
+    if kind == "isic":
+        return ingest_isic(source, skip_bad)
+    return ingest_folders(source, skip_bad)

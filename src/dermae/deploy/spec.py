@@ -1,0 +1,128 @@
+"""preprocess.json: everything a deployed model needs besides its weights.
+
+The ONNX graph takes float32 [N, 3, S, S] RGB in [0, 1] and returns softmax
+probabilities [N, C]; mean/std normalisation happens inside the graph. The file
+records that, plus the resize rule, class names, malignant classes and the operating
+threshold on the malignant risk (sum of malignant-class probabilities).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dermae.deploy.images import DEFAULT_INTERPOLATION, RESIZE_METHOD
+
+SPEC_FILE = "preprocess.json"
+FORMAT_VERSION = 1
+INPUT_NAME = "images"
+OUTPUT_NAME = "probs"
+DEFAULT_THRESHOLD = 0.5
+
+
+def threshold_from_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's validation-chosen threshold, or an explicit 0.5 default."""
+    stored = config.get("threshold")
+    if isinstance(stored, dict) and "malignant_risk" in stored:
+        return {
+            "malignant_risk": float(stored["malignant_risk"]),
+            "specificity": stored.get("specificity"),
+            "source": stored.get("source", "validation"),
+        }
+    if isinstance(stored, int | float):
+        return {"malignant_risk": float(stored), "specificity": None, "source": "validation"}
+    return {
+        "malignant_risk": DEFAULT_THRESHOLD,
+        "specificity": None,
+        "source": "default (the checkpoint holds no validation-chosen threshold)",
+    }
+
+
+def choose_threshold(risk: np.ndarray, malignant: np.ndarray, specificity: float) -> float:
+    """Lowest risk threshold with specificity >= `specificity` on these (validation) rows.
+
+    A case is flagged when risk >= threshold. The threshold sits halfway between the
+    highest benign risk that must stay below it and the next larger benign risk, so
+    float32 / float64 rounding of the same risks cannot flip a decision.
+    """
+    benign = np.sort(np.asarray(risk, dtype=np.float64)[np.asarray(malignant) == 0])
+    if len(benign) == 0:
+        raise ValueError("cannot choose a threshold: no benign cases in the validation data")
+    keep = int(np.ceil(specificity * len(benign) - 1e-9))  # benign cases that must stay below
+    if keep <= 0:
+        return float(benign[0])
+    below = benign[keep - 1]
+    above = benign[benign > below]
+    if len(above) == 0:
+        return float(below + max(1e-6, abs(below) * 1e-6))
+    return float((below + above[0]) / 2)
+
+
+def spec_from_config(
+    config: dict[str, Any], threshold: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    size = int(config["image_size"])
+    classes = list(config["class_names"])
+    malignant = list(config["malignant_classes"])
+    return {
+        "format_version": FORMAT_VERSION,
+        "arch": config.get("arch"),
+        "image_size": size,
+        "resize": {
+            "method": RESIZE_METHOD,
+            "interpolation": config.get("interpolation", DEFAULT_INTERPOLATION),
+            "description": "resize so the shorter side is image_size, then centre-crop a square",
+        },
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", 3, size, size],
+            "dtype": "float32",
+            "layout": "NCHW",
+            "color": "RGB",
+            "range": [0.0, 1.0],
+            "note": "uint8 pixels / 255; do not subtract mean/std, the model does that",
+        },
+        "normalization": {
+            "mean": list(config["mean"]),
+            "std": list(config["std"]),
+            "inside_model": True,
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": ["batch", len(classes)],
+            "softmax_inside_model": True,
+        },
+        "class_names": classes,
+        "malignant_classes": malignant,
+        "malignant_index": [i for i, c in enumerate(classes) if c in malignant],
+        "threshold": threshold or threshold_from_config(config),
+    }
+
+
+def write_spec(out_dir: str | Path, spec: dict[str, Any]) -> Path:
+    path = Path(out_dir) / SPEC_FILE
+    path.write_text(json.dumps(spec, indent=2))
+    return path
+
+
+def load_spec(model_dir: str | Path) -> dict[str, Any]:
+    """preprocess.json of an export folder, or the same built from a checkpoint's config.json."""
+    model_dir = Path(model_dir)
+    path = model_dir / SPEC_FILE
+    if path.exists():
+        return json.loads(path.read_text())
+    config_path = model_dir / "config.json"
+    if config_path.exists():
+        return spec_from_config(json.loads(config_path.read_text()))
+    raise FileNotFoundError(
+        f"{model_dir} holds neither {SPEC_FILE} (an export folder) nor config.json "
+        "(a classifier checkpoint); pass the folder written by `dermae export` or training"
+    )
+
+
+def malignant_risk(probs: np.ndarray, malignant_index: list[int]) -> np.ndarray:
+    """probs [N, C] -> [N] summed probability of the malignant classes."""
+    return np.asarray(probs)[:, list(malignant_index)].sum(axis=1)

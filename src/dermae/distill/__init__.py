@@ -1,0 +1,1 @@
+"""Distillation of the fine-tuned teacher into a small student classifier."""

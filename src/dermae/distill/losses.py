@@ -1,0 +1,60 @@
+"""Logit distillation loss (Hinton et al. 2015): hard-label CE blended with softened teacher KL."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+
+def soft_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """KL(softmax(t/T) || softmax(s/T)), summed over classes and averaged over the batch.
+
+    Both sides go in as log-probabilities (`log_target=True`): no log of a tiny softmax value.
+    """
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)  # [N, C]
+    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)  # [N, C]
+    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+
+
+def kd_terms(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float,
+    temperature: float,
+    class_weights: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """{"loss", "ce", "kd"} where loss = (1 - alpha) * ce + alpha * kd and kd = T² · KL.
+
+    The T² factor keeps the soft-target gradients on the same scale as the hard-label ones
+    when T changes (the softened gradients shrink as 1/T²).
+    `class_weights` weight the hard-label CE only: the teacher's soft targets already carry
+    its view of the minority classes.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"distill.alpha must lie in [0, 1], got {alpha}")
+    if temperature <= 0:
+        raise ValueError(f"distill.temperature must be > 0, got {temperature}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ: teacher and student need the same classes"
+        )
+    ce = F.cross_entropy(student_logits.float(), targets, weight=class_weights)
+    kd = soft_kl(student_logits, teacher_logits, temperature) * temperature**2
+    return {"loss": (1.0 - alpha) * ce + alpha * kd, "ce": ce.detach(), "kd": kd.detach()}
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float,
+    temperature: float,
+    class_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(1 - alpha) · CE(student, targets) + alpha · T² · KL(softmax(t/T) ‖ softmax(s/T))."""
+    terms = kd_terms(student_logits, teacher_logits, targets, alpha, temperature, class_weights)
+    return terms["loss"]

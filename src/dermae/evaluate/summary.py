@@ -1,0 +1,288 @@
+"""`dermae report`: gather a run's artifacts into report.html (self-contained) and report.md.
+
+Each section reads what its stage wrote and is left out, with a note, when the stage
+did not run; the report never recomputes a number.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dermae.config import Config
+from dermae.evaluate.plots import plot_class_counts, plot_loss_curves
+from dermae.evaluate.report import Section, format_ci, metrics_table, render_report
+
+MODEL_LABELS = {"student": "DerMAE student", "teacher": "MAE teacher", "baseline": "baseline"}
+HEADLINE = {
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced accuracy",
+    "macro_f1": "macro F1",
+    "macro_auroc": "macro AUROC",
+    "malignant_auroc": "malignant AUROC",
+    "malignant_sensitivity[spec@0.90]": "malignant sensitivity @ 90% spec.",
+    "malignant_specificity[spec@0.90]": "specificity reached (target 90%)",
+    "malignant_sensitivity[spec@0.95]": "malignant sensitivity @ 95% spec.",
+    "ece": "ECE",
+}
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _pngs(folder: Path) -> list[tuple[Path, str]]:
+    """PNGs of a stage folder, captioned by file name (samples_mel.png -> "samples mel")."""
+    found = sorted(folder.glob("*.png")) if folder.exists() else []
+    return [(p, p.stem.replace("_", " ")) for p in found]
+
+
+def data_section(run_dir: Path, figures: Path) -> Section:
+    info = _json(run_dir / "data" / "info.json") or {}
+    manifest = pd.read_csv(run_dir / "data" / "manifest.csv")
+    train = manifest[manifest["split"] == "train"]
+    before = train["diagnosis"].value_counts().reindex(info.get("class_names")).fillna(0)
+    synth_path = run_dir / "data" / "synthetic" / "manifest.csv"
+    synth = pd.read_csv(synth_path) if synth_path.exists() else pd.DataFrame(columns=["diagnosis"])
+    added = synth["diagnosis"].value_counts().reindex(before.index).fillna(0)
+    after = before + added
+    rows = [
+        {
+            "class": c,
+            "train (real)": int(before[c]),
+            "synthetic added": int(added[c]),
+            "train after balancing": int(after[c]),
+            "val": int(((manifest["split"] == "val") & (manifest["diagnosis"] == c)).sum()),
+            "test": int(((manifest["split"] == "test") & (manifest["diagnosis"] == c)).sum()),
+        }
+        for c in before.index
+    ]
+    chart = plot_class_counts(
+        {k: int(v) for k, v in before.items()},
+        figures / "class_counts.png",
+        after={k: int(v) for k, v in after.items()},
+        log_scale=True,
+    )
+    lesions = manifest.groupby("split")["group_id"].nunique().to_dict()
+    paragraphs = [
+        f"{len(manifest)} real images of {manifest['group_id'].nunique()} lesions from "
+        f"{info.get('source', 'the configured data root')}, cached at {info.get('image_size')} px.",
+        "Split by lesion (no lesion in two splits), stratified by diagnosis: "
+        + ", ".join(f"{k} {v} lesions" for k, v in sorted(lesions.items()))
+        + ".",
+        f"Skipped inputs: {info.get('skipped', 0)}. Only the train split reaches the generator, "
+        "the teacher, the student and the thresholds; thresholds are chosen on val.",
+    ]
+    return Section("Data", paragraphs, [{"rows": rows, "caption": "Images per class"}], [chart])
+
+
+def synth_section(run_dir: Path) -> Section | None:
+    synth_dir = run_dir / "synth"
+    if not synth_dir.exists():
+        return None
+    quality = _json(synth_dir / "synth_quality.json")
+    paragraphs = ["Class-conditioned latent diffusion (VAE + UNet, classifier-free guidance)."]
+    tables: list[Any] = []
+    if quality:
+        per_class = quality.get("per_class") or {}
+        rows = [
+            {"class": c, **{k: v for k, v in vals.items() if not isinstance(v, dict | list)}}
+            for c, vals in per_class.items()
+        ]
+        if rows:
+            tables.append({"rows": rows, "caption": "Synthetic image quality per class"})
+        overall = {k: v for k, v in quality.items() if not isinstance(v, dict | list)}
+        if overall:
+            tables.append({"rows": [overall], "caption": "Overall"})
+    else:
+        paragraphs.append("No synth_quality.json: `dermae synth evaluate` has not run.")
+    vae_metrics = _json(synth_dir / "vae" / "metrics.json")
+    if vae_metrics:
+        tables.append({"rows": [vae_metrics], "caption": "VAE reconstruction on val"})
+    images = _pngs(synth_dir) + _pngs(synth_dir / "vae")
+    return Section("Synthetic lesions", paragraphs, tables, images)
+
+
+def pretrain_section(run_dir: Path) -> Section | None:
+    folder = run_dir / "pretrain"
+    if not folder.exists():
+        return None
+    return Section(
+        "MAE pre-training",
+        [
+            "Masked autoencoder: the teacher's encoder reconstructs hidden patches. "
+            "Rows: original / masked input / reconstruction, on validation images."
+        ],
+        [],
+        _pngs(folder),
+    )
+
+
+def curves_section(run_dir: Path, figures: Path) -> Section:
+    images = []
+    for stage in (
+        "baseline",
+        "synth/vae_train",
+        "synth/unet_train",
+        "pretrain/train",
+        "teacher/train",
+        "student/train",
+    ):
+        log = run_dir / stage / "metrics.jsonl"
+        if log.exists() and log.stat().st_size:
+            name = stage.replace("/", "_")
+            images.append(
+                (
+                    plot_loss_curves(
+                        log, figures / f"curves_{name}.png", title=f"Training: {stage}"
+                    ),
+                    stage,
+                )
+            )
+    for log in sorted(run_dir.glob("*/train/metrics.jsonl")):
+        stage = log.parent.parent.name
+        if log.stat().st_size and all(stage != s for _, s in images):
+            images.append(
+                (
+                    plot_loss_curves(
+                        log, figures / f"curves_{stage}.png", title=f"Training: {stage}"
+                    ),
+                    stage,
+                )
+            )
+    return Section("Training curves", [], [], images)
+
+
+def metrics_section(run_dir: Path) -> list[Section]:
+    results = {}
+    for name in ("student", "teacher", "baseline"):
+        found = _json(run_dir / "evaluate" / name / "metrics.json")
+        if found:
+            results[name] = found
+    if not results:
+        return [Section("Test metrics", ["`dermae evaluate` has not run."])]
+    first = next(iter(results.values()))
+    table = metrics_table(
+        {MODEL_LABELS[k]: r["scalars"] for k, r in results.items()},
+        {MODEL_LABELS[k]: r["ci95"] for k, r in results.items()},
+        HEADLINE,
+    )
+    sections = [
+        Section(
+            "Test metrics",
+            [
+                f"{first['n_images']} test images of {first['n_lesions']} lesions. 95% CIs: "
+                f"{first['bootstrap']['resamples']} bootstrap resamples of lesions. Operating thresholds "
+                "were chosen on the validation split."
+            ],
+            [{"rows": table, "caption": "Value (95% CI)"}],
+        )
+    ]
+    for name, result in results.items():
+        per_class = [
+            {
+                "class": c,
+                "support": v["support"],
+                "sensitivity": v["sensitivity"],
+                "specificity": v["specificity"],
+                "AUROC": v.get("auroc"),
+            }
+            for c, v in result["metrics"]["per_class"].items()
+        ]
+        subgroups = [{k: v for k, v in row.items()} for row in result["subgroups"]]
+        plots = [Path(p) for p in result["plots"].values()]
+        sections.append(
+            Section(
+                f"{MODEL_LABELS[name]}: details",
+                [f"Architecture {result['arch']}."],
+                [
+                    {"rows": per_class, "caption": "Per class"},
+                    {
+                        "rows": subgroups,
+                        "caption": "Subgroups (sex, age band, body site) with counts",
+                    },
+                ],
+                plots,
+            )
+        )
+    return sections
+
+
+def ablation_section(run_dir: Path) -> Section | None:
+    summary = _json(run_dir / "ablate" / "ablation.json")
+    if not summary:
+        return None
+    paragraphs = [
+        f"Same student architecture ({summary['student_arch']}), same training budget, same "
+        f"split; scored on {summary['split']}."
+    ]
+    md = (run_dir / "ablate" / "ablation.md").read_text().split("\n\n", 1)
+    if len(md) > 1:
+        paragraphs += [p.strip() for p in md[1].split("\n") if p.strip()]
+    return Section(
+        "Ablation", paragraphs, [{"rows": summary["table"], "caption": "Value (95% CI)"}]
+    )
+
+
+def deploy_section(run_dir: Path) -> Section | None:
+    rows = []
+    for name in ("student", "teacher"):
+        stats = _json(run_dir / name / "model_stats.json")
+        if stats:
+            rows.append(
+                {
+                    "model": MODEL_LABELS[name],
+                    **{k: v for k, v in stats.items() if not isinstance(v, dict | list)},
+                }
+            )
+    export = run_dir / "export"
+    paragraphs = []
+    for report_name in ("export_report.json", "quantization_report.json"):
+        found = _json(export / report_name)
+        if found:
+            flat = {k: v for k, v in found.items() if not isinstance(v, dict | list)}
+            rows.append({"model": report_name.split("_")[0], **flat})
+    if not rows:
+        return None
+    paragraphs.append(
+        "Parameters, size, FLOPs and CPU latency of the models; ONNX parity and "
+        "int8 changes measured on held-out images."
+    )
+    return Section("Size, speed and export", paragraphs, [{"rows": rows}])
+
+
+def timings_section(run_dir: Path) -> Section | None:
+    log = run_dir / "stages" / "timings.jsonl"
+    if not log.exists():
+        return None
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return Section(
+        "Stage timings", [f"Total {sum(r['seconds'] for r in rows):.0f} s."], [{"rows": rows}]
+    )
+
+
+def build_report(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
+    run_dir = Path(run_dir)
+    figures = run_dir / "report_figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    sections: list[Section] = [data_section(run_dir, figures)]
+    for section in (synth_section(run_dir), pretrain_section(run_dir)):
+        if section is not None:
+            sections.append(section)
+    sections += metrics_section(run_dir)
+    for section in (
+        ablation_section(run_dir),
+        deploy_section(run_dir),
+        curves_section(run_dir, figures),
+        timings_section(run_dir),
+    ):
+        if section is not None:
+            sections.append(section)
+    html, _ = render_report(sections, run_dir, title=f"dermae report: {run_dir.name}")
+    return html
+
+
+__all__ = ["build_report", "format_ci"]

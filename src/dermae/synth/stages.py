@@ -1,0 +1,22 @@
+"""Pipeline/CLI entries for the synthesis steps that are not training loops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dermae.config import Config
+from dermae.data.prepared import data_dir
+from dermae.synth.quality import evaluate_synthetic
+from dermae.synth.sample import sample_balanced
+
+
+def sample_stage(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
+    """Balance the train split; a changed config (resume=False) regenerates from scratch."""
+    sample_balanced(cfg, run_dir, overwrite=not resume)
+    return data_dir(run_dir) / "synthetic" / "manifest.csv"
+
+
+def quality_stage(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
+    """FID/KID, class fidelity and near-copies, judged by the run's baseline classifier."""
+    evaluate_synthetic(cfg, run_dir)
+    return Path(run_dir) / "synth" / "synth_quality.json"

@@ -1,0 +1,68 @@
+"""`dermae run` end to end on a small real HAM10000 subset with tiny models (configs/smoke.yaml).
+
+CI runs this so a broken main job is caught; the numbers it produces mean nothing.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dermae.config import default_data_root
+from dermae.pipeline import STAGE_NAMES
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(default_data_root())
+if not DATA.is_absolute():
+    DATA = (ROOT / DATA).resolve()
+
+pytestmark = pytest.mark.skipif(
+    not (DATA / "labels.csv").exists(),
+    reason=f"HAM10000 not found at {DATA}; set DERMAE_DATA to run the smoke pipeline",
+)
+
+
+def _dermae(*args: str, run_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DERMAE_DATA": str(DATA), "PYTHONPATH": str(ROOT / "src")}
+    cmd = [
+        sys.executable,
+        "-m",
+        "dermae.cli",
+        *args,
+        "-c",
+        str(ROOT / "configs/smoke.yaml"),
+        "--run-dir",
+        str(run_dir),
+    ]
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
+    run_dir = tmp_path / "smoke"
+    first = _dermae("run", run_dir=run_dir)
+    assert first.returncode == 0, first.stderr[-4000:]
+    for stage in STAGE_NAMES:
+        record = json.loads((run_dir / "stages" / f"{stage}.json").read_text())
+        assert record["fingerprint"]
+
+    manifest = pd.read_csv(run_dir / "data" / "manifest.csv")
+    by_lesion = manifest.groupby("group_id")["split"].nunique()
+    assert (by_lesion == 1).all()  # no lesion in two splits
+    synthetic = pd.read_csv(run_dir / "data" / "synthetic" / "manifest.csv")
+    assert set(synthetic["split"]) == {"train"} and set(synthetic["source"]) == {"synthetic"}
+
+    student = json.loads((run_dir / "evaluate" / "student" / "metrics.json").read_text())
+    assert student["split"] == "test"
+    assert student["n_images"] == (manifest["split"] == "test").sum()
+    assert 0.0 <= student["scalars"]["balanced_accuracy"] <= 1.0
+    assert (run_dir / "report.html").stat().st_size > 10_000
+    assert (run_dir / "ablate" / "ablation.json").exists()
+    assert (run_dir / "export" / "model.onnx").exists()
+
+    second = _dermae("run", run_dir=run_dir)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert second.stdout.count("done earlier, skipped") == len(STAGE_NAMES)

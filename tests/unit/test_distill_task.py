@@ -1,0 +1,132 @@
+import pytest
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from dermae.classify.model import Classifier, build_classifier, classifier_config
+from dermae.data.prepared import load_prepared
+from dermae.distill.task import DistillTask, teacher_logits_for, to_resolution
+from tests.helpers.tiny_data import make_prepared, torch_threads
+
+CLASSES = ["bcc", "mel", "nv"]
+TEACHER_MEAN, TEACHER_STD = (0.5, 0.4, 0.3), (0.2, 0.3, 0.25)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with torch_threads(1):
+        yield
+
+
+def tiny(arch: str, size: int, mean=None, std=None, seed: int = 0) -> Classifier:
+    torch.manual_seed(seed)
+    extra = {} if mean is None else {"mean": mean, "std": std}
+    return build_classifier(classifier_config(arch, CLASSES, ["bcc", "mel"], size, **extra))
+
+
+def images(n: int = 6, size: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def batch_of(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    n = len(x)
+    return {"image": x, "label": torch.arange(n) % 3, "index": torch.arange(n)}
+
+
+def test_teacher_is_frozen_gets_no_gradient_and_stays_in_eval():
+    teacher = tiny("test_efficientnet", 16, seed=1)
+    task = DistillTask(tiny("test_vit", 16), teacher, alpha=0.5, temperature=2.0)
+    bn_before = {k: v.clone() for k, v in teacher.state_dict().items() if "running" in k}
+    task.train()
+    assert task.training and task.model.training
+    assert not any(m.training for m in task.teacher.modules())
+    assert not any(p.requires_grad for p in task.teacher.parameters())
+
+    out = task(batch_of(images()))
+    out["loss"].backward()
+    assert all(p.grad is None for p in task.teacher.parameters())
+    assert sum(float(p.grad.abs().sum()) for p in task.model.parameters()) > 0
+    # A teacher in train mode would have updated its BatchNorm statistics on this batch.
+    for k, v in teacher.state_dict().items():
+        if "running" in k:
+            assert torch.equal(v, bn_before[k]), k
+    task.train(True)
+    assert not task.teacher.training
+
+
+@pytest.mark.parametrize("teacher_size", [16, 32])
+def test_each_network_sees_exactly_its_own_normalisation(teacher_size):
+    student = tiny("test_vit", 16)
+    teacher = tiny("test_vit", teacher_size, TEACHER_MEAN, TEACHER_STD, seed=1)
+    seen = {}
+    student.net.register_forward_pre_hook(lambda m, a: seen.__setitem__("student", a[0]))
+    teacher.net.register_forward_pre_hook(lambda m, a: seen.__setitem__("teacher", a[0]))
+    x = images()
+    DistillTask(student, teacher)(batch_of(x))
+
+    mean_s = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std_s = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    assert torch.equal(seen["student"], (x - mean_s) / std_s)
+    x_t = x
+    if teacher_size != 16:
+        x_t = F.interpolate(x, size=teacher_size, mode="bilinear", antialias=True)
+    mean_t = torch.tensor(TEACHER_MEAN).view(1, 3, 1, 1)
+    std_t = torch.tensor(TEACHER_STD).view(1, 3, 1, 1)
+    assert seen["teacher"].shape[-1] == teacher_size
+    assert torch.equal(seen["teacher"], (x_t - mean_t) / std_t)
+
+
+def test_resizing_keeps_images_in_range_and_same_size_is_untouched():
+    x = images(size=32)
+    assert to_resolution(x, 32) is x
+    small = to_resolution(x, 8)
+    assert small.shape == (6, 3, 8, 8) and small.min() >= 0 and small.max() <= 1
+    # Antialiased 4x downscale of a constant image is that constant.
+    flat = torch.full((1, 3, 32, 32), 0.25)
+    assert torch.allclose(to_resolution(flat, 8), torch.full((1, 3, 8, 8), 0.25))
+
+
+def test_cached_logits_equal_live_teacher_logits_on_clean_images(tmp_path):
+    make_prepared(tmp_path, n_per_class=6, size=16, classes=tuple(CLASSES))
+    prepared = load_prepared(tmp_path)
+    dataset = prepared.dataset(prepared.rows("train"))  # un-augmented
+    teacher = tiny("test_efficientnet", 16, TEACHER_MEAN, TEACHER_STD, seed=1)
+    cache = teacher_logits_for(teacher, dataset, batch_size=4)
+    assert cache.shape == (len(dataset), 3) and len(dataset) >= 6
+
+    cached = DistillTask(tiny("test_vit", 16), teacher, cached_logits=cache)
+    live = DistillTask(tiny("test_vit", 16), teacher)
+    loader = DataLoader(dataset, batch_size=5, shuffle=True, generator=torch.Generator())
+    seen = 0
+    for batch in loader:  # shuffled: rows are found by batch["index"], not position
+        assert torch.allclose(cached.teacher_logits(batch), live.teacher_logits(batch), atol=1e-5)
+        seen += len(batch["index"])
+    assert seen == len(dataset)
+    # The cached task never runs the teacher.
+    teacher.net.register_forward_pre_hook(lambda m, a: pytest.fail("teacher ran"))
+    cached(next(iter(loader)))
+
+
+@pytest.mark.parametrize("student_arch", ["test_vit", "test_efficientnet"])
+def test_distillation_loss_falls_on_a_fixed_batch(student_arch):
+    teacher = tiny("test_vit", 16, TEACHER_MEAN, TEACHER_STD, seed=3)
+    with torch.no_grad():  # a confident teacher, so the soft targets carry signal
+        teacher.net.get_classifier().weight.mul_(50.0)
+    task = DistillTask(tiny(student_arch, 16), teacher, alpha=0.9, temperature=2.0)
+    task.train()
+    batch = batch_of(images(6))
+    opt = torch.optim.AdamW(task.model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(12):
+        out = task(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_student_and_teacher_must_share_classes():
+    other = build_classifier(classifier_config("test_vit", ["a", "b"], ["a"], 16))
+    with pytest.raises(ValueError, match="same labels"):
+        DistillTask(tiny("test_vit", 16), other)

@@ -1,0 +1,224 @@
+"""ONNX export: parity with PyTorch, dynamic batch, the folder's metadata, int8 report."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+from dermae.classify.model import (
+    build_classifier,
+    classifier_config,
+    load_classifier,
+    save_classifier,
+)
+from dermae.data.classes import HAM10000_CLASSES
+from dermae.deploy.export import export_onnx
+from dermae.deploy.quantize import classification_metrics
+from dermae.deploy.runtime import make_session, run_probs
+from dermae.deploy.spec import choose_threshold
+
+SIZE = 32
+MALIGNANT = ["akiec", "bcc", "mel"]
+
+
+def make_checkpoint(path, arch="test_efficientnet", threshold=None, seed=0):
+    torch.manual_seed(seed)
+    model = build_classifier(classifier_config(arch, list(HAM10000_CLASSES), MALIGNANT, SIZE))
+    extra = {"threshold": threshold} if threshold is not None else None
+    return save_classifier(path, model, extra)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # The test machine's cores are shared: torch's thread pool spin-waits badly under load.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    images = rng.random((48, 3, SIZE, SIZE), dtype=np.float32)
+    return {
+        "calib": images[:16],
+        "val": images[16:32],
+        "val_labels": rng.integers(0, 7, 16),
+        "test": images[32:],
+        "test_labels": rng.integers(0, 7, 16),
+    }
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, data):
+    root = tmp_path_factory.mktemp("export")
+    ckpt = make_checkpoint(root / "ckpt", threshold={"malignant_risk": 0.37, "specificity": 0.9})
+    metrics = {"balanced_accuracy": {"value": 0.61, "ci": [0.55, 0.67]}, "n": 2003}
+    out = export_onnx(
+        ckpt,
+        root / "export",
+        calibration_images=data["calib"],
+        val_images=data["val"],
+        val_labels=data["val_labels"],
+        test_images=data["test"],
+        test_labels=data["test_labels"],
+        metrics=metrics,
+        threads=1,
+        timing_repeats=5,
+    )
+    return ckpt, out
+
+
+def torch_reference(ckpt, images):
+    model, _ = load_classifier(ckpt)
+    with torch.no_grad():
+        return torch.softmax(model(torch.from_numpy(images)), -1).numpy()
+
+
+def test_onnx_matches_pytorch_probabilities(exported, data):
+    ckpt, out = exported
+    probs = run_probs(make_session(out / "model.onnx", 1), data["test"])
+    reference = torch_reference(ckpt, data["test"])
+    assert np.abs(probs - reference).max() < 1e-4
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["parity"]["max_abs_diff"] < 1e-4
+    assert report["parity"]["top1_agreement"] == 1.0
+    assert report["parity"]["n_images"] == 16  # the calibration images by default
+
+
+def test_dynamic_batch_axis(exported, data):
+    _, out = exported
+    model = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(model)
+    dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param == "batch" and not dim0.dim_value
+    session = make_session(out / "model.onnx", 1)
+    batch = data["test"][:5]
+    together = session.run(None, {"images": batch})[0]
+    alone = np.concatenate([session.run(None, {"images": batch[i : i + 1]})[0] for i in range(5)])
+    assert together.shape == (5, 7)
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+
+
+def test_preprocess_json_holds_everything_to_predict(exported):
+    _, out = exported
+    spec = json.loads((out / "preprocess.json").read_text())
+    assert spec["image_size"] == SIZE
+    assert spec["class_names"] == list(HAM10000_CLASSES)
+    assert spec["malignant_classes"] == MALIGNANT
+    assert spec["malignant_index"] == [0, 1, 4]
+    assert spec["threshold"]["malignant_risk"] == 0.37  # from the checkpoint, not re-chosen
+    assert spec["normalization"]["inside_model"] is True
+    assert spec["input"]["range"] == [0.0, 1.0]
+    assert spec["resize"]["method"] == "shorter_side_then_center_crop"
+    assert spec["recommended_model"] in ("model.onnx", "model.int8.onnx")
+
+
+def test_model_card_has_notice_citation_and_metrics(exported):
+    _, out = exported
+    card = json.loads((out / "model_card.json").read_text())
+    text = (out / "MODEL_CARD.md").read_text()
+    assert "not a diagnosis" in card["notice"].lower()
+    assert "10.1038/sdata.2018.161" in card["training_data"]["citation"]
+    assert "CC BY-NC 4.0" in card["training_data"]["license"]
+    assert "0.61 (95% CI 0.55–0.67)" in text
+    assert "Research tool only" in text and "## Limitations" in text
+    assert card["threshold"]["malignant_risk"] == 0.37
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_int8_model_runs_and_report_is_consistent(exported, data):
+    ckpt, out = exported
+    report = json.loads((out / "quantization_report.json").read_text())
+    chosen = report["chosen"]
+    assert chosen in (
+        "dynamic",
+        "qoperator",
+        "qoperator_all",
+        "qoperator_pct",
+        "qdq_all_pct",
+        "qoperator_all_pct",
+    )
+    int8 = run_probs(make_session(out / "model.int8.onnx", 1), data["test"])
+    fp32 = run_probs(make_session(out / "model.onnx", 1), data["test"])
+    assert int8.shape == fp32.shape
+    np.testing.assert_allclose(int8.sum(1), 1.0, atol=1e-4)
+    entry = report["variants"][chosen]
+    # The reported change vs fp32 is what we measure again here.
+    assert entry["test"]["max_abs_prob_diff_vs_fp32"] == pytest.approx(
+        np.abs(int8 - fp32).max(), abs=1e-6
+    )
+    assert entry["test"]["max_abs_prob_diff_vs_fp32"] < 0.1
+    fp32_metrics = report["variants"]["fp32"]["test"]["metrics"]
+    assert fp32_metrics["accuracy"] == pytest.approx(
+        accuracy_score(data["test_labels"], fp32.argmax(1))
+    )
+    assert fp32_metrics["balanced_accuracy"] == pytest.approx(
+        balanced_accuracy_score(data["test_labels"], fp32.argmax(1))
+    )
+    delta = entry["test"]["delta_vs_fp32"]["balanced_accuracy"]
+    assert delta == pytest.approx(
+        entry["test"]["metrics"]["balanced_accuracy"] - fp32_metrics["balanced_accuracy"]
+    )
+    # Auto choice = fastest acceptable variant (else the most faithful one).
+    accepted = [v for v, e in report["variants"].items() if e.get("accepted")]
+    key = report["selection"]["timing"]
+    assert key == "cpu_median_ms"  # one thread: CPU time, robust to other processes
+    if accepted:
+        fastest = min(accepted, key=lambda v: report["variants"][v]["latency_b1"][key])
+        assert chosen == fastest
+    else:
+        assert report["recommended"] == "fp32"
+    for name, e in report["variants"].items():
+        if name != "fp32" and "val" in e:
+            drop = -e["val"]["delta_vs_fp32"]["balanced_accuracy"]
+            assert e["accepted"] == (drop <= 0.005 + 1e-12)
+    assert entry["size_bytes"] < report["variants"]["fp32"]["size_bytes"]
+    assert report["recommended"] in ("int8", "fp32")
+
+
+def test_threshold_chosen_on_validation_when_checkpoint_has_none(tmp_path, data):
+    ckpt = make_checkpoint(tmp_path / "ckpt")
+    out = export_onnx(
+        ckpt,
+        tmp_path / "export",
+        val_images=data["val"],
+        val_labels=data["val_labels"],
+        int8=False,
+        threshold_specificity=0.75,
+        threads=1,
+    )
+    spec = json.loads((out / "preprocess.json").read_text())
+    threshold = spec["threshold"]["malignant_risk"]
+    probs = torch_reference(ckpt, data["val"])
+    risk = probs[:, [0, 1, 4]].sum(1)
+    benign = ~np.isin(data["val_labels"], [0, 1, 4])
+    assert (risk[benign] < threshold).mean() >= 0.75
+    assert spec["threshold"]["source"].startswith("validation")
+    assert not (out / "model.int8.onnx").exists()
+
+
+def test_choose_threshold_on_hand_made_risks():
+    risk = np.array([0.1, 0.2, 0.3, 0.4, 0.9, 0.35])
+    malignant = np.array([0, 0, 0, 0, 1, 1])
+    # 3 of 4 benign must stay below: halfway between the 3rd and 4th benign risk.
+    assert choose_threshold(risk, malignant, 0.75) == pytest.approx(0.35)
+    assert choose_threshold(risk, malignant, 0.7) == pytest.approx(0.35)
+    assert choose_threshold(risk, malignant, 0.5) == pytest.approx(0.25)
+    assert 0.4 < choose_threshold(risk, malignant, 1.0) < 0.40001
+    assert choose_threshold(risk, malignant, 0.0) == 0.1
+
+
+def test_classification_metrics_against_hand_values():
+    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8], [0.6, 0.3, 0.1]])
+    labels = np.array([0, 1, 2, 2])
+    m = classification_metrics(probs, labels, malignant_index=[2])
+    assert m["accuracy"] == 0.75
+    assert m["balanced_accuracy"] == pytest.approx((1 + 1 + 0.5) / 3)
+    # risk of class 2: [0, .1, .8, .1]; malignant = rows 2, 3 -> AUROC = (1 + 0.75) / 2
+    assert m["malignant_auroc"] == pytest.approx(0.875)

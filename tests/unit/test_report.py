@@ -1,0 +1,126 @@
+"""HTML/Markdown report: self-contained HTML, embedded images, fixed intended-use notice."""
+
+from __future__ import annotations
+
+import base64
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image as PILImage
+
+from dermae.evaluate.report import (
+    INTENDED_USE,
+    Section,
+    Table,
+    format_ci,
+    metrics_table,
+    render_report,
+)
+
+
+class Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[tuple[str, str, str]] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        for name, value in attrs:
+            if name in ("src", "href", "srcset", "action", "data"):
+                self.urls.append((tag, name, value or ""))
+
+
+def make_png(path: Path, color: tuple[int, int, int]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PILImage.new("RGB", (20, 10), color).save(path)
+    return path
+
+
+def test_format_ci_and_metrics_table() -> None:
+    assert format_ci(0.8123, (0.7811, 0.8399)) == "0.812 (0.781–0.840)"
+    assert format_ci(0.8123) == "0.812"
+    assert format_ci(None, (0.1, 0.2)) == "n/a"
+    assert format_ci(0.5, (None, None)) == "0.500"
+    assert format_ci(0.5, (0.4, 0.6), digits=1) == "0.5 (0.4–0.6)"
+    rows = metrics_table(
+        {"baseline": {"accuracy": 0.7, "malignant_auroc": None, "note": "x"},
+         "student": {"accuracy": 0.75, "malignant_auroc": 0.9}},
+        cis={"student": {"accuracy": (0.7, 0.8), "malignant_auroc": (0.85, 0.93)}},
+    )  # fmt: skip
+    assert rows == [
+        {"metric": "accuracy", "baseline": "0.700", "student": "0.750 (0.700–0.800)"},
+        {"metric": "malignant_auroc", "baseline": "n/a", "student": "0.900 (0.850–0.930)"},
+    ]
+    labelled = metrics_table({"m": {"ece": 0.05}}, metrics={"ece": "ECE (15 bins)"})
+    assert labelled == [{"metric": "ECE (15 bins)", "m": "0.050"}]
+
+
+def test_render_report(tmp_path: Path) -> None:
+    out_dir = tmp_path / "report"
+    inside = make_png(out_dir / "figs" / "roc.png", (255, 0, 0))
+    outside = make_png(tmp_path / "elsewhere" / "cm.png", (0, 0, 255))
+    sections = [
+        Section(
+            "Results <test>",
+            paragraphs=["Evaluated on the test split; see https://example.org for nothing."],
+            tables=[
+                Table(
+                    [{"metric": "accuracy", "value": 0.81234}, {"metric": "x|y", "value": None}],
+                    caption="Headline",
+                ),
+                pd.DataFrame({"class": ["mel", "nv"], "support": [10, 90]}),
+            ],  # fmt: skip
+            images=[(inside, "ROC curves"), outside],
+        ),
+        {"title": "Extra", "paragraphs": "one paragraph <script>alert(1)</script>"},
+    ]
+    html_path, md_path = render_report(sections, out_dir, title="Eval & more")
+    assert (html_path, md_path) == (out_dir / "report.html", out_dir / "report.md")
+    text = html_path.read_text(encoding="utf-8")
+
+    parser = Links()
+    parser.feed(text)
+    assert parser.urls, "images must be there"
+    for tag, name, value in parser.urls:
+        assert not value.lower().startswith(("http:", "https:", "//", "file:")), (tag, name)
+    assert {t for t in parser.tags} & {"script", "link", "iframe"} == set()
+    srcs = [v for t, n, v in parser.urls if t == "img"]
+    assert len(srcs) == 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert base64.b64decode(srcs[0].split(",", 1)[1]) == inside.read_bytes()
+    assert base64.b64decode(srcs[1].split(",", 1)[1]) == outside.read_bytes()
+
+    # fixed notice first, user text escaped, values formatted
+    assert text.index("Intended use") < text.index("Results &lt;test&gt;")
+    for paragraph in INTENDED_USE:
+        assert paragraph.split(".")[0] in text
+    assert "CC BY-NC 4.0" in text and "Sci. Data 5, 180161 (2018)" in text
+    assert "not a diagnostic device" in text
+    assert "&lt;script&gt;" in text and "<script>" not in text
+    assert "<td>0.812</td>" in text and "<td>n/a</td>" in text
+    assert "<title>Eval &amp; more</title>" in text
+
+    md = md_path.read_text(encoding="utf-8")
+    assert md.startswith("# Eval & more")
+    assert "## Intended use" in md and "CC BY-NC 4.0" in md
+    assert "![ROC curves](figs/roc.png)" in md
+    assert "![cm](figures/cm.png)" in md
+    assert (out_dir / "figures" / "cm.png").read_bytes() == outside.read_bytes()
+    assert "| metric | value |" in md and "| accuracy | 0.812 |" in md
+    assert "| x\\|y | n/a |" in md
+    assert "| mel | 10 |" in md
+
+
+def test_report_without_sections_still_has_notice(tmp_path: Path) -> None:
+    html_path, md_path = render_report([], tmp_path)
+    assert "not a diagnostic device" in html_path.read_text()
+    assert "Tschandl" in md_path.read_text()
+
+
+def test_report_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing.png does not exist"):
+        render_report([Section("A", images=[tmp_path / "missing.png"])], tmp_path)
+    with pytest.raises(TypeError, match="a table must be"):
+        render_report([Section("A", tables=[42])], tmp_path)
