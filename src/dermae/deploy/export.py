@@ -34,13 +34,13 @@ from dermae.deploy.runtime import make_session, run_probs
 from dermae.deploy.spec import (
     INPUT_NAME,
     OUTPUT_NAME,
-    choose_threshold,
     malignant_risk,
     spec_from_config,
     threshold_from_config,
     write_spec,
 )
 from dermae.engine.checkpoint import atomic_dir, commit_dir
+from dermae.evaluate.metrics import choose_threshold, threshold_key
 
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "export_report.json"
@@ -155,10 +155,12 @@ def export_onnx(
         spec0 = spec_from_config(config)
         risk = malignant_risk(torch_probs(model, val), spec0["malignant_index"])
         is_malignant = np.isin(val_labels, spec0["malignant_index"]).astype(int)
+        value = choose_threshold(is_malignant, risk, threshold_specificity)
         threshold = {
-            "malignant_risk": choose_threshold(risk, is_malignant, threshold_specificity),
+            "malignant_risk": value,
             "specificity": threshold_specificity,
             "source": "validation (chosen at export)",
+            "operating_points": {threshold_key(threshold_specificity): value},
         }
     spec = spec_from_config(config, threshold)
 
