@@ -97,10 +97,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _first(images: np.ndarray | None, n: int) -> np.ndarray | None:
-    return None if images is None else images[:n]
-
-
 def export_onnx(
     checkpoint_dir: str | Path,
     out_dir: str | Path,
@@ -246,21 +242,12 @@ def export_onnx(
     return out_dir
 
 
-__all__ = [
-    "MODEL_FILE",
-    "REPORT_FILE",
-    "ProbabilityModel",
-    "export_onnx",
-    "torch_probs",
-    "write_onnx",
-]
-
-
 def export_run(
     cfg: Any,
     checkpoint_dir: str | Path,
     out_dir: str | Path | None = None,
     metrics: str | Path | dict[str, Any] | None = None,
+    run_dir: str | Path | None = None,
 ) -> Path:
     """Pipeline entry: export with the run's prepared data and `cfg.export` (ExportConfig).
 
@@ -276,7 +263,8 @@ def export_run(
         raise ValueError(
             f"export.calibration_split must be 'train' or 'val', not '{ecfg.calibration_split}'"
         )
-    data = load_prepared(cfg.run_dir, with_synthetic=False)
+    run_dir = Path(run_dir or cfg.run_dir)
+    data = load_prepared(run_dir, with_synthetic=False)
 
     def split(name: str) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
         rows = data.rows(name)
@@ -294,7 +282,7 @@ def export_run(
     test_x, test_y = split("test")
     return export_onnx(
         checkpoint_dir,
-        out_dir or Path(cfg.run_dir) / "export",
+        out_dir or run_dir / "export",
         opset=ecfg.opset,
         calibration_images=calib,
         int8=ecfg.int8,
@@ -313,12 +301,53 @@ def export_run(
     )
 
 
+STUDENT_DIR = "student/model"
+
+
+def _metrics_for(run_dir: Path, model_dir: Path) -> Path | None:
+    """The evaluate stage's metrics.json for this model, if it was evaluated."""
+    name = model_dir.parent.name
+    for candidate in (
+        run_dir / "evaluate" / name / "metrics.json",  # dermae run (evaluate stage)
+        run_dir / "evaluate" / f"{name}-test" / "metrics.json",  # dermae evaluate
+    ):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def export_command(
+    cfg: Any, model_dir: str | Path | None = None, out_dir: str | Path | None = None
+) -> Path:
+    """`dermae export`: the run's student by default, with its test metrics in the card."""
+    run_dir = Path(cfg.run_dir)
+    model_dir = Path(model_dir or run_dir / STUDENT_DIR)
+    out = export_run(cfg, model_dir, out_dir, metrics=_metrics_for(run_dir, model_dir))
+    report = json.loads((out / REPORT_FILE).read_text())
+    print(f"exported {model_dir} -> {out}")
+    print(f"  ONNX vs PyTorch max |diff| of probabilities: {report['parity']['max_abs_diff']:.2e}")
+    quant = out / "quantization_report.json"
+    if quant.exists():
+        q = json.loads(quant.read_text())
+        print(f"  int8 variant: {q.get('chosen')}, recommended model: {q.get('recommended')}")
+    return out
+
+
+def export_stage(cfg: Any, run_dir: str | Path, resume: bool = True) -> Path:
+    """Pipeline stage: export the run's student (the pipeline skips it when done)."""
+    run_dir = Path(run_dir)
+    model_dir = run_dir / STUDENT_DIR
+    return export_run(cfg, model_dir, metrics=_metrics_for(run_dir, model_dir), run_dir=run_dir)
+
+
 __all__ = [
     "MODEL_FILE",
     "REPORT_FILE",
     "ProbabilityModel",
+    "export_command",
     "export_onnx",
     "export_run",
+    "export_stage",
     "torch_probs",
     "write_onnx",
 ]
