@@ -331,7 +331,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--throughput-batch", type=int, default=32)
     parser.add_argument("--out", default=str(RESULTS), help="folder for JSON + markdown")
     parser.add_argument("--tag", default="inference")
+    parser.add_argument("--render", help="only rewrite the markdown of an earlier JSON result")
     args = parser.parse_args(argv)
+    if args.render:
+        report = json.loads(Path(args.render).read_text())
+        Path(args.render).with_suffix(".md").write_text(markdown(report["results"], report["meta"]))
+        return report
 
     data = load_split_images(Path(args.run_dir)) if args.run_dir else None
     gflops = matmul_gflops(args.threads)
