@@ -192,6 +192,9 @@ def bench_model(
             v: {
                 "latency_b1": e.get("latency_b1"),
                 "test_delta_vs_fp32": e.get("test", {}).get("delta_vs_fp32"),
+                "test_top1_agreement_vs_fp32": e.get("test", {}).get("top1_agreement_vs_fp32"),
+                "val_top1_agreement_vs_fp32": e.get("val", {}).get("top1_agreement_vs_fp32"),
+                "accepted": e.get("accepted"),
                 "val_delta_vs_fp32": e.get("val", {}).get("delta_vs_fp32"),
                 "error": e.get("error"),
             }
@@ -267,8 +270,8 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
     ]
     lines += [
-        "| model | px | int8 variant | speedup | met | Δ BA (test) | met |",
-        "|---|---|---|---|---|---|---|",
+        "| model | px | int8 variant | speedup | met | Δ BA (test) | met | served by default |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         g = r["goal"]
@@ -277,9 +280,36 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"| {r['name']} | {r['image_size']} | {r['int8_variant']} | "
             f"{g['int8_speedup_vs_eager_b1'] or float('nan'):.2f}x | {_yes(g['speedup_met'])} | "
             f"{'n/a (no labelled data)' if ba is None else f'{100 * ba:+.2f} pt'} | "
-            f"{_yes(g['accuracy_met'])} |"
+            f"{_yes(g['accuracy_met'])} | {r['int8_recommended']} |"
         )
+    lines += [
+        "",
+        "## int8 variants (chosen on validation: fastest with balanced-accuracy drop <= 0.5 pt; "
+        "test only reported)",
+        "",
+        "| model | px | variant | b1 CPU ms | val Δ BA | test Δ BA | test Δ acc | "
+        "test Δ mal. AUROC | test top-1 agreement | accepted |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for name, v in r["int8_variants"].items():
+            if name == "fp32" or v.get("error"):
+                continue
+            val, test = v.get("val_delta_vs_fp32") or {}, v.get("test_delta_vs_fp32") or {}
+            mark = " (chosen)" if name == r["int8_variant"] else ""
+            agree = v.get("test_top1_agreement_vs_fp32")
+            lines.append(
+                f"| {r['name']} | {r['image_size']} | {name}{mark} | "
+                f"{v['latency_b1'][r['timing_key']]:.2f} | {_pt(val.get('balanced_accuracy'))} | "
+                f"{_pt(test.get('balanced_accuracy'))} | {_pt(test.get('accuracy'))} | "
+                f"{_pt(test.get('malignant_auroc'))} | "
+                f"{'' if agree is None else f'{100 * agree:.1f}%'} | {_yes(v.get('accepted'))} |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def _pt(delta: float | None) -> str:
+    return "n/a" if delta is None else f"{100 * delta:+.2f} pt"
 
 
 def _yes(flag: bool | None) -> str:
@@ -301,7 +331,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--throughput-batch", type=int, default=32)
     parser.add_argument("--out", default=str(RESULTS), help="folder for JSON + markdown")
     parser.add_argument("--tag", default="inference")
+    parser.add_argument("--render", help="only rewrite the markdown of an earlier JSON result")
     args = parser.parse_args(argv)
+    if args.render:
+        report = json.loads(Path(args.render).read_text())
+        Path(args.render).with_suffix(".md").write_text(markdown(report["results"], report["meta"]))
+        return report
 
     data = load_split_images(Path(args.run_dir)) if args.run_dir else None
     gflops = matmul_gflops(args.threads)

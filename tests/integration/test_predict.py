@@ -14,7 +14,7 @@ from PIL import Image
 from dermae.classify.model import build_classifier, classifier_config, save_classifier
 from dermae.data.classes import HAM10000_CLASSES
 from dermae.deploy.export import export_onnx
-from dermae.deploy.images import preprocess_image
+from dermae.deploy.images import load_image
 from dermae.deploy.predictor import Predictor, collect_inputs, run_predict
 
 SIZE = 32
@@ -99,7 +99,7 @@ def test_result_fields_follow_from_probabilities(model_dirs, image_folder):
     _, good = image_folder
     predictor = Predictor(export)
     result = predictor.predict_paths([good[0]])[0]
-    probs = predictor.predict_array(preprocess_image(Image.open(good[0]), SIZE)[None])[0]
+    probs = predictor.predict_array(load_image(good[0], SIZE)[None])[0]
     assert list(result["probabilities"]) == list(HAM10000_CLASSES)
     np.testing.assert_allclose(list(result["probabilities"].values()), probs, atol=1e-7)
     assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)

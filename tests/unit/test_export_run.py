@@ -11,7 +11,7 @@ from dermae.classify.model import build_classifier, classifier_config, save_clas
 from dermae.config import load_config
 from dermae.data.classes import HAM10000_CLASSES
 from dermae.data.prepared import MANIFEST_COLUMNS
-from dermae.deploy.export import export_run
+from dermae.deploy.export import export_run, export_stage
 
 SIZE = 32
 COUNTS = {"train": 30, "val": 20, "test": 12}
@@ -103,3 +103,39 @@ def test_export_run_refuses_test_split_for_calibration(tmp_path):
     cfg = load_config(None, [f"run_dir={tmp_path}", "export.calibration_split=test"])
     with pytest.raises(ValueError, match="calibration_split"):
         export_run(cfg, tmp_path / "ckpt")
+
+
+def test_export_stage_exports_the_student_with_its_test_metrics(tmp_path):
+    run_dir = tmp_path / "run"
+    write_prepared(run_dir)
+    torch.manual_seed(0)
+    config = classifier_config(
+        "test_efficientnet", list(HAM10000_CLASSES), ["akiec", "bcc", "mel"], SIZE
+    )
+    threshold = {"malignant_risk": 0.3, "operating_point": "spec@0.95", "chosen_on": "val"}
+    extra = {"threshold": threshold, "thresholds": {"spec@0.90": 0.2, "spec@0.95": 0.3}}
+    save_classifier(run_dir / "student" / "model", build_classifier(config), extra)
+    metrics = {
+        "split": "test",
+        "n_images": 12,
+        "n_lesions": 12,
+        "bootstrap": {"resamples": 1000, "unit": "lesion (group_id)"},
+        "scalars": {"balanced_accuracy": 0.61, "malignant_auroc": 0.8, "ece": None},
+        "ci95": {"balanced_accuracy": [0.55, 0.67], "malignant_auroc": [0.7, 0.9]},
+        "metrics": {"confusion_matrix": [[1]]},  # details stay out of the card
+    }
+    (run_dir / "evaluate" / "student").mkdir(parents=True)
+    (run_dir / "evaluate" / "student" / "metrics.json").write_text(json.dumps(metrics))
+    cfg = load_config(None, [f"run_dir={run_dir}", "export.int8=false"])
+    out = export_stage(cfg, run_dir)
+    text = (out / "MODEL_CARD.md").read_text()
+    assert "test split, 12 images of 12 lesions" in text
+    assert "| balanced_accuracy | 0.61 (95% CI 0.55–0.67) |" in text
+    assert "| ece | n/a |" in text
+    card = json.loads((out / "model_card.json").read_text())
+    assert "confusion_matrix" not in json.dumps(card["metrics"])
+    spec = json.loads((out / "preprocess.json").read_text())
+    assert spec["threshold"]["malignant_risk"] == 0.3
+    assert spec["threshold"]["specificity"] == 0.95
+    assert spec["threshold"]["operating_points"] == {"spec@0.90": 0.2, "spec@0.95": 0.3}
+    assert spec["recommended_model"] == "model.onnx"

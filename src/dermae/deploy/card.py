@@ -45,6 +45,8 @@ def _format_metric(value: Any) -> str | None:
         return f"{value:.4g}" if isinstance(value, float) else str(value)
     if not isinstance(value, dict):
         return None
+    if "value" in value and value["value"] is None:
+        return "n/a"
     point = next((value[k] for k in ("value", "point", "mean", "estimate") if k in value), None)
     lo = next((value[k] for k in ("lo", "low", "ci_low", "lower") if k in value), None)
     hi = next((value[k] for k in ("hi", "high", "ci_high", "upper") if k in value), None)
@@ -66,6 +68,23 @@ def _metric_rows(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, s
         elif isinstance(value, dict):
             rows.extend(_metric_rows(value, f"{prefix}{key}."))
     return rows
+
+
+def metrics_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The headline of a dermae metrics.json (scalars with 95 % CIs), or the dict as given."""
+    if "scalars" not in metrics:
+        return metrics
+    ci = metrics.get("ci95") or {}
+    return {
+        "split": metrics.get("split"),
+        "n_images": metrics.get("n_images"),
+        "n_lesions": metrics.get("n_lesions"),
+        "ci": f"95% bootstrap over {metrics.get('bootstrap', {}).get('unit', 'images')}",
+        "values": {
+            key: {"value": value, "ci": list(ci[key]) if ci.get(key) else None}
+            for key, value in metrics["scalars"].items()
+        },
+    }
 
 
 def build_card(
@@ -114,7 +133,7 @@ def build_card(
             "split": "train / validation / test split by lesion_id; the test split never "
             "chose the threshold, the int8 calibration or any model",
         },
-        "metrics": metrics,
+        "metrics": None if metrics is None else metrics_summary(metrics),
         "metrics_source": metrics_source,
         "export": {
             "onnx_parity_max_abs_diff": export_report.get("parity", {}).get("max_abs_diff"),
@@ -183,12 +202,18 @@ def render_markdown(card: dict[str, Any]) -> str:
         "## Metrics",
     ]
     if card.get("metrics"):
+        m = card["metrics"]
+        where = (
+            f"{m['split']} split, {m['n_images']} images of {m['n_lesions']} lesions; {m['ci']}"
+            if "values" in m
+            else "held-out test split"
+        )
         lines += [
-            f"From `{card.get('metrics_source') or 'metrics.json'}` (held-out test split):",
+            f"From `{card.get('metrics_source') or 'metrics.json'}` ({where}):",
             "",
             "| metric | value |",
             "|---|---|",
-            *[f"| {k} | {v} |" for k, v in _metric_rows(card["metrics"])],
+            *[f"| {k} | {v} |" for k, v in _metric_rows(m.get("values", m))],
         ]
     else:
         lines.append("No evaluation metrics were supplied with this export.")

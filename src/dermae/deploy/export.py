@@ -34,13 +34,13 @@ from dermae.deploy.runtime import make_session, run_probs
 from dermae.deploy.spec import (
     INPUT_NAME,
     OUTPUT_NAME,
-    choose_threshold,
     malignant_risk,
     spec_from_config,
     threshold_from_config,
     write_spec,
 )
 from dermae.engine.checkpoint import atomic_dir, commit_dir
+from dermae.evaluate.metrics import choose_threshold, threshold_key
 
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "export_report.json"
@@ -97,10 +97,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _first(images: np.ndarray | None, n: int) -> np.ndarray | None:
-    return None if images is None else images[:n]
-
-
 def export_onnx(
     checkpoint_dir: str | Path,
     out_dir: str | Path,
@@ -155,10 +151,12 @@ def export_onnx(
         spec0 = spec_from_config(config)
         risk = malignant_risk(torch_probs(model, val), spec0["malignant_index"])
         is_malignant = np.isin(val_labels, spec0["malignant_index"]).astype(int)
+        value = choose_threshold(is_malignant, risk, threshold_specificity)
         threshold = {
-            "malignant_risk": choose_threshold(risk, is_malignant, threshold_specificity),
+            "malignant_risk": value,
             "specificity": threshold_specificity,
             "source": "validation (chosen at export)",
+            "operating_points": {threshold_key(threshold_specificity): value},
         }
     spec = spec_from_config(config, threshold)
 
@@ -244,21 +242,12 @@ def export_onnx(
     return out_dir
 
 
-__all__ = [
-    "MODEL_FILE",
-    "REPORT_FILE",
-    "ProbabilityModel",
-    "export_onnx",
-    "torch_probs",
-    "write_onnx",
-]
-
-
 def export_run(
     cfg: Any,
     checkpoint_dir: str | Path,
     out_dir: str | Path | None = None,
     metrics: str | Path | dict[str, Any] | None = None,
+    run_dir: str | Path | None = None,
 ) -> Path:
     """Pipeline entry: export with the run's prepared data and `cfg.export` (ExportConfig).
 
@@ -274,7 +263,8 @@ def export_run(
         raise ValueError(
             f"export.calibration_split must be 'train' or 'val', not '{ecfg.calibration_split}'"
         )
-    data = load_prepared(cfg.run_dir, with_synthetic=False)
+    run_dir = Path(run_dir or cfg.run_dir)
+    data = load_prepared(run_dir, with_synthetic=False)
 
     def split(name: str) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
         rows = data.rows(name)
@@ -292,7 +282,7 @@ def export_run(
     test_x, test_y = split("test")
     return export_onnx(
         checkpoint_dir,
-        out_dir or Path(cfg.run_dir) / "export",
+        out_dir or run_dir / "export",
         opset=ecfg.opset,
         calibration_images=calib,
         int8=ecfg.int8,
@@ -311,12 +301,53 @@ def export_run(
     )
 
 
+STUDENT_DIR = "student/model"
+
+
+def _metrics_for(run_dir: Path, model_dir: Path) -> Path | None:
+    """The evaluate stage's metrics.json for this model, if it was evaluated."""
+    name = model_dir.parent.name
+    for candidate in (
+        run_dir / "evaluate" / name / "metrics.json",  # dermae run (evaluate stage)
+        run_dir / "evaluate" / f"{name}-test" / "metrics.json",  # dermae evaluate
+    ):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def export_command(
+    cfg: Any, model_dir: str | Path | None = None, out_dir: str | Path | None = None
+) -> Path:
+    """`dermae export`: the run's student by default, with its test metrics in the card."""
+    run_dir = Path(cfg.run_dir)
+    model_dir = Path(model_dir or run_dir / STUDENT_DIR)
+    out = export_run(cfg, model_dir, out_dir, metrics=_metrics_for(run_dir, model_dir))
+    report = json.loads((out / REPORT_FILE).read_text())
+    print(f"exported {model_dir} -> {out}")
+    print(f"  ONNX vs PyTorch max |diff| of probabilities: {report['parity']['max_abs_diff']:.2e}")
+    quant = out / "quantization_report.json"
+    if quant.exists():
+        q = json.loads(quant.read_text())
+        print(f"  int8 variant: {q.get('chosen')}, recommended model: {q.get('recommended')}")
+    return out
+
+
+def export_stage(cfg: Any, run_dir: str | Path, resume: bool = True) -> Path:
+    """Pipeline stage: export the run's student (the pipeline skips it when done)."""
+    run_dir = Path(run_dir)
+    model_dir = run_dir / STUDENT_DIR
+    return export_run(cfg, model_dir, metrics=_metrics_for(run_dir, model_dir), run_dir=run_dir)
+
+
 __all__ = [
     "MODEL_FILE",
     "REPORT_FILE",
     "ProbabilityModel",
+    "export_command",
     "export_onnx",
     "export_run",
+    "export_stage",
     "torch_probs",
     "write_onnx",
 ]

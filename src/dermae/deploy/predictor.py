@@ -23,11 +23,10 @@ import numpy as np
 from PIL import Image
 
 from dermae.deploy.images import (
-    DEFAULT_INTERPOLATION,
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
     ImageError,
-    open_image,
+    load_image,
     preprocess_image,
 )
 from dermae.deploy.spec import load_spec, malignant_risk
@@ -93,10 +92,6 @@ class Predictor:
     def image_size(self) -> int:
         return int(self.spec["image_size"])
 
-    @property
-    def interpolation(self) -> str:
-        return self.spec.get("resize", {}).get("interpolation", DEFAULT_INTERPOLATION)
-
     def describe(self) -> dict[str, Any]:
         return {
             "backend": self.backend,
@@ -124,8 +119,9 @@ class Predictor:
 
         return torch_probs(self._model, images, self.batch_size)
 
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        return preprocess_image(image, self.image_size, self.interpolation)
+    def load(self, source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+        """A file or bytes -> float32 [3, S, S] in [0, 1]; raises ImageError if unusable."""
+        return load_image(source, self.image_size, self.max_pixels, name=name)
 
     def result(self, name: str, probs: np.ndarray) -> dict[str, Any]:
         risk = float(malignant_risk(probs[None], self.malignant_index)[0])
@@ -149,10 +145,11 @@ class Predictor:
 
     def predict_image(self, source: str | Path | bytes | Image.Image, name: str = "image") -> dict:
         """One image (path, bytes or PIL image) -> result dict; raises ImageError if unusable."""
-        if not isinstance(source, Image.Image):
-            source = open_image(source, self.max_pixels, name=name)
-        probs = self.predict_array(self.preprocess(source)[None])[0]
-        return self.result(name, probs)
+        if isinstance(source, Image.Image):
+            array = preprocess_image(source, self.image_size)
+        else:
+            array = self.load(source, name)
+        return self.result(name, self.predict_array(array[None])[0])
 
     def predict_paths(self, inputs: str | Path | Iterable[str | Path]) -> list[dict[str, Any]]:
         """Files, folders (searched recursively for images) or CSVs of paths -> results, in order."""
@@ -169,7 +166,7 @@ class Predictor:
         for path in collect_inputs(inputs):
             name = str(path)
             try:
-                array = self.preprocess(open_image(path, self.max_pixels, name=name))
+                array = self.load(path, name)
             except ImageError as err:
                 results.append(self.failure(name, err))
                 continue

@@ -134,12 +134,16 @@ def preprocess_for_quantization(fp32_path: Path, out_path: Path) -> Path:
     return out_path
 
 
-def float_nodes(model_path: Path) -> list[str]:
-    """Names of the first Conv and the last Gemm / MatMul (stem and classifier head)."""
+def float_nodes(model_path: Path, stem_and_head: bool) -> list[str]:
+    """Nodes kept in float: always the output Softmax (uint8 probabilities would come in
+    steps of 1/256: ties in argmax, a coarse malignant risk); optionally the first Conv
+    and the last Gemm / MatMul (stem and classifier head)."""
     nodes = onnx.load(str(model_path)).graph.node
-    stem = [n.name for n in nodes if n.op_type == "Conv"][:1]
-    head = [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")][-1:]
-    return stem + head
+    keep = [n.name for n in nodes if n.op_type == "Softmax"]
+    if stem_and_head:
+        keep += [n.name for n in nodes if n.op_type == "Conv"][:1]
+        keep += [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")][-1:]
+    return keep
 
 
 def build_variant(
@@ -159,6 +163,7 @@ def build_variant(
             str(out_path),
             per_channel=spec["per_channel"],
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=float_nodes(prepared_path, False),
         )
         return out_path
     method, extra = CALIBRATION_METHODS[spec["calibration"]]
@@ -177,7 +182,7 @@ def build_variant(
         per_channel=spec["per_channel"],
         activation_type=spec["activation_type"],
         weight_type=QuantType.QInt8,
-        nodes_to_exclude=float_nodes(prepared_path) if spec["keep_float"] else None,
+        nodes_to_exclude=float_nodes(prepared_path, bool(spec["keep_float"])),
         calibrate_method=method,
         calibration_cache_path=cache,
         extra_options=extra,

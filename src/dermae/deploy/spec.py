@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from dermae.deploy.images import DEFAULT_INTERPOLATION, RESIZE_METHOD
+from dermae.data.cache import CACHE_VERSION
+from dermae.deploy.images import INTERPOLATION, RESIZE_METHOD
 
 SPEC_FILE = "preprocess.json"
 FORMAT_VERSION = 1
@@ -24,41 +25,33 @@ DEFAULT_THRESHOLD = 0.5
 
 
 def threshold_from_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint's validation-chosen threshold, or an explicit 0.5 default."""
+    """The checkpoint's validation-chosen threshold, or an explicit 0.5 default.
+
+    Checkpoints store {"malignant_risk": t, "operating_point": "spec@0.90", "chosen_on":
+    "val"} (dermae.classify.thresholds) and every operating point under "thresholds".
+    """
     stored = config.get("threshold")
+    if isinstance(stored, int | float):
+        stored = {"malignant_risk": stored}
     if isinstance(stored, dict) and "malignant_risk" in stored:
+        point = stored.get("operating_point") or ""
+        specificity = stored.get("specificity")
+        if specificity is None and point.startswith("spec@"):
+            specificity = float(point.removeprefix("spec@"))
+        chosen_on = stored.get("chosen_on", "val")
         return {
             "malignant_risk": float(stored["malignant_risk"]),
-            "specificity": stored.get("specificity"),
-            "source": stored.get("source", "validation"),
+            "specificity": specificity,
+            "source": stored.get("source")
+            or ("validation" if chosen_on in ("val", "validation") else chosen_on),
+            "operating_points": dict(config.get("thresholds") or {}),
         }
-    if isinstance(stored, int | float):
-        return {"malignant_risk": float(stored), "specificity": None, "source": "validation"}
     return {
         "malignant_risk": DEFAULT_THRESHOLD,
         "specificity": None,
         "source": "default (the checkpoint holds no validation-chosen threshold)",
+        "operating_points": {},
     }
-
-
-def choose_threshold(risk: np.ndarray, malignant: np.ndarray, specificity: float) -> float:
-    """Lowest risk threshold with specificity >= `specificity` on these (validation) rows.
-
-    A case is flagged when risk >= threshold. The threshold sits halfway between the
-    highest benign risk that must stay below it and the next larger benign risk, so
-    float32 / float64 rounding of the same risks cannot flip a decision.
-    """
-    benign = np.sort(np.asarray(risk, dtype=np.float64)[np.asarray(malignant) == 0])
-    if len(benign) == 0:
-        raise ValueError("cannot choose a threshold: no benign cases in the validation data")
-    keep = int(np.ceil(specificity * len(benign) - 1e-9))  # benign cases that must stay below
-    if keep <= 0:
-        return float(benign[0])
-    below = benign[keep - 1]
-    above = benign[benign > below]
-    if len(above) == 0:
-        return float(below + max(1e-6, abs(below) * 1e-6))
-    return float((below + above[0]) / 2)
 
 
 def spec_from_config(
@@ -73,8 +66,11 @@ def spec_from_config(
         "image_size": size,
         "resize": {
             "method": RESIZE_METHOD,
-            "interpolation": config.get("interpolation", DEFAULT_INTERPOLATION),
-            "description": "resize so the shorter side is image_size, then centre-crop a square",
+            "interpolation": INTERPOLATION,
+            "description": "crop the centred square of side min(width, height) (odd margins: "
+            "one pixel more right/below), then resize it to image_size x image_size "
+            "(PIL bicubic); EXIF orientation applied first, transparency composited on black",
+            "matches": f"dermae.data.cache.load_square (cache version {CACHE_VERSION})",
         },
         "input": {
             "name": INPUT_NAME,
