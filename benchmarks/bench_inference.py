@@ -288,16 +288,19 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "test only reported)",
         "",
         "| model | px | variant | b1 CPU ms | val Δ BA | test Δ BA | test Δ acc | "
-        "test Δ mal. AUROC | test top-1 agreement | accepted |",
+        "test Δ mal. AUROC | top-1 agreement with fp32 (test; else calibration) | accepted |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         for name, v in r["int8_variants"].items():
-            if name == "fp32" or v.get("error"):
+            if name == "fp32":
+                continue
+            if v.get("error"):
+                lines.append(f"| {r['name']} | {r['image_size']} | {name} | failed: {v['error']} |")
                 continue
             val, test = v.get("val_delta_vs_fp32") or {}, v.get("test_delta_vs_fp32") or {}
             mark = " (chosen)" if name == r["int8_variant"] else ""
-            agree = v.get("test_top1_agreement_vs_fp32")
+            agree = v.get("test_top1_agreement_vs_fp32") or v.get("val_top1_agreement_vs_fp32")
             lines.append(
                 f"| {r['name']} | {r['image_size']} | {name}{mark} | "
                 f"{v['latency_b1'][r['timing_key']]:.2f} | {_pt(val.get('balanced_accuracy'))} | "
@@ -305,6 +308,13 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 f"{_pt(test.get('malignant_auroc'))} | "
                 f"{'' if agree is None else f'{100 * agree:.1f}%'} | {_yes(v.get('accepted'))} |"
             )
+    if any(r["goal"]["balanced_accuracy_change"] is None for r in results):
+        lines += [
+            "",
+            "Without labelled data (random-weight models) the accuracy columns are n/a and "
+            "'accepted' means >= 90 % top-1 agreement with fp32 on the calibration images, "
+            "which says little for a random network's near-uniform outputs.",
+        ]
     return "\n".join(lines) + "\n"
 
 
