@@ -34,7 +34,7 @@ test-slow: $(STAMP)
 
 test-browser: $(STAMP)
 	bash scripts/install-browser.sh
-	$(PY) -m pytest -q -m browser
+	$(PY) -m pytest -q -m browser tests/e2e
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
