@@ -119,3 +119,16 @@ def test_undefined_metric_gives_none_interval() -> None:
     assert ci["never"] == (None, None)
     assert ci["often"] == (1.0, 1.0)
     assert bootstrap_ci(fn, ids, probs, None, n=400, min_valid=0.9)["often"] == (None, None)
+
+
+def test_resamples_missing_a_class_leave_balanced_accuracy_undefined():
+    from dermae.evaluate.metrics import scalar_metric_fn
+
+    y = np.array([0, 0, 1, 2])
+    probs = np.tile([1.0, 0.0, 0.0], (4, 1))  # constant classifier: balanced accuracy 1/3
+    fn = scalar_metric_fn([2], required_classes=[0, 1, 2])
+    assert fn(y, probs)["balanced_accuracy"] == pytest.approx(1 / 3)
+    assert fn(y[:3], probs[:3])["balanced_accuracy"] is None  # class 2 missing
+    many = np.repeat(y, 10)  # 40 images: resamples keep all classes, the interval is exact
+    ci = bootstrap_ci(fn, many, np.tile([1.0, 0.0, 0.0], (40, 1)), groups=None, n=200, seed=0)
+    assert ci["balanced_accuracy"] == (pytest.approx(1 / 3), pytest.approx(1 / 3))

@@ -433,13 +433,25 @@ def scalar_metric_fn(
     malignant_index: Sequence[int],
     thresholds: Mapping[str, float] | None = None,
     ece_bins: int = 15,
+    required_classes: Sequence[int] | None = None,
 ) -> Callable[[np.ndarray, np.ndarray], dict[str, float | None]]:
-    """`metric_fn(y_true, probs)` for the bootstrap: `scalar_metrics` with these settings."""
+    """`metric_fn(y_true, probs)` for the bootstrap: `scalar_metrics` with these settings.
+
+    `required_classes` (the classes of the full evaluation set): a resample that lost one of
+    them gives no balanced accuracy or macro AUROC, instead of an average over fewer classes,
+    which is another quantity (1/6 instead of 1/7 for a constant classifier) and would pull
+    the interval away from the point estimate.
+    """
     mal = list(malignant_index)
     stored = dict(thresholds or {})
+    required = np.asarray(sorted(required_classes or []), dtype=np.int64)
 
     def metric_fn(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
-        return scalar_metrics(y_true, probs, mal, stored, ece_bins)
+        out = scalar_metrics(y_true, probs, mal, stored, ece_bins)
+        if len(required) and not np.isin(required, y_true).all():
+            out["balanced_accuracy"] = None
+            out["macro_auroc"] = None
+        return out
 
     return metric_fn
 

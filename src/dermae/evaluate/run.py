@@ -70,7 +70,9 @@ def evaluate_model(
     report = classification_metrics(
         targets, probs, class_names, mal_index, thresholds, eval_cfg.ece_bins
     )
-    metric_fn = scalar_metric_fn(mal_index, thresholds, eval_cfg.ece_bins)
+    metric_fn = scalar_metric_fn(
+        mal_index, thresholds, eval_cfg.ece_bins, required_classes=np.unique(targets)
+    )
     ci = bootstrap_ci(
         metric_fn, targets, probs, rows["group_id"].to_numpy(), n=eval_cfg.bootstrap, seed=seed
     )
