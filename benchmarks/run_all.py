@@ -17,10 +17,24 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BENCHES = {
     "synth": ["benchmarks/bench_synth.py", "--out", str(RESULTS / "synth.json")],
-    "mae": ["benchmarks/bench_mae.py", "--models", "vit_tiny_patch8", "vit_small_patch8",
-            "--loops", "bare", "fit", "--out", str(RESULTS / "mae.json")],
-    "distill": ["benchmarks/bench_distill_cache.py", "--out", str(RESULTS / "distill_cache.json"),
-                "--work", "/tmp/dermae-bench-distill"],
+    "mae": [
+        "benchmarks/bench_mae.py",
+        "--models",
+        "vit_tiny_patch8",
+        "vit_small_patch8",
+        "--loops",
+        "bare",
+        "fit",
+        "--out",
+        str(RESULTS / "mae.json"),
+    ],
+    "distill": [
+        "benchmarks/bench_distill_cache.py",
+        "--out",
+        str(RESULTS / "distill_cache.json"),
+        "--work",
+        "/tmp/dermae-bench-distill",
+    ],
     "inference": ["benchmarks/bench_inference.py", "--out", str(RESULTS)],
 }
 
