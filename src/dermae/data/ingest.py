@@ -256,9 +256,12 @@ def _finish(
     layout: str,
     source: Path,
     notes: list[str],
+    evaluation_only: bool = False,
 ) -> IngestResult:
     """Check for empty classes, then build the table."""
     present = {r["diagnosis"] for r in records}
+    if evaluation_only:
+        class_names = [c for c in class_names if c in present]
     for name in [c for c in class_names if c not in present]:
         problems.add("", source, f"class '{name}' has no images; add images or drop the class")
     problems.raise_if_any(str(source))
@@ -306,7 +309,9 @@ def _require(table: pd.DataFrame, path: Path, needed: dict[str, str | None]) -> 
 # ----------------------------------------------------------------------------- layouts
 
 
-def ingest_ham10000(csv: Path, skip_bad: bool = False) -> IngestResult:
+def ingest_ham10000(
+    csv: Path, skip_bad: bool = False, evaluation_only: bool = False
+) -> IngestResult:
     table = _read_csv(csv)
     cols = {k: _pick_column(table.columns, k) for k in ALIASES}
     _require(table, csv, {"image_id": cols["image_id"], "diagnosis": cols["diagnosis"]})
@@ -368,7 +373,7 @@ def ingest_ham10000(csv: Path, skip_bad: bool = False) -> IngestResult:
             }
         )
     classes = _ordered_classes(r["diagnosis"] for r in records)
-    return _finish(records, classes, problems, "ham10000", csv, notes)
+    return _finish(records, classes, problems, "ham10000", csv, notes, evaluation_only)
 
 
 def _is_zero_one(value: str) -> bool | None:
@@ -380,7 +385,7 @@ def _is_zero_one(value: str) -> bool | None:
     return {0.0: False, 1.0: True}.get(number)
 
 
-def ingest_isic(csv: Path, skip_bad: bool = False) -> IngestResult:
+def ingest_isic(csv: Path, skip_bad: bool = False, evaluation_only: bool = False) -> IngestResult:
     table = _read_csv(csv)
     image_col = "image" if "image" in table.columns else _pick_column(table.columns, "image_id")
     if image_col is None:
@@ -465,10 +470,12 @@ def ingest_isic(csv: Path, skip_bad: bool = False) -> IngestResult:
             }
         )
     classes = _ordered_classes(names.values())
-    return _finish(records, classes, problems, "isic", csv, notes)
+    return _finish(records, classes, problems, "isic", csv, notes, evaluation_only)
 
 
-def ingest_folders(root: Path, skip_bad: bool = False) -> IngestResult:
+def ingest_folders(
+    root: Path, skip_bad: bool = False, evaluation_only: bool = False
+) -> IngestResult:
     problems = _Problems(skip_bad)
     notes: list[str] = []
     dirs = _class_dirs(root)
@@ -509,15 +516,25 @@ def ingest_folders(root: Path, skip_bad: bool = False) -> IngestResult:
     if ignored:
         notes.append(f"{root}: {ignored} non-image file(s) ignored")
     notes.append(f"{root}: class folders carry no lesion ids, so each image is its own group")
-    return _finish(records, _ordered_classes(classes), problems, "folders", root, notes)
+    # The folders name the classes: a HAM10000 subset keeps the ISIC order, nothing is added.
+    ordered = [c for c in _ordered_classes(classes) if c in set(classes)]
+    return _finish(records, ordered, problems, "folders", root, notes, evaluation_only)
 
 
-def ingest_dataset(root: str | Path, layout: str = "auto", skip_bad: bool = False) -> IngestResult:
+def ingest_dataset(
+    root: str | Path, layout: str = "auto", skip_bad: bool = False, evaluation_only: bool = False
+) -> IngestResult:
     """Read any supported layout. Bad rows raise one `DataError` listing them all, unless
-    `skip_bad`, in which case they are returned in `.skipped` (row, file, reason)."""
+    `skip_bad`, in which case they are returned in `.skipped` (row, file, reason).
+
+    `evaluation_only`: a set that is only scored (e.g. a clinic's nevus-vs-melanoma set) may
+    lack classes; the class list is then what the set holds.
+    """
     kind, source = detect_layout(root, layout)
     if kind == "ham10000":
-        return ingest_ham10000(source, skip_bad)
-    if kind == "isic":
-        return ingest_isic(source, skip_bad)
-    return ingest_folders(source, skip_bad)
+        result = ingest_ham10000(source, skip_bad, evaluation_only)
+    elif kind == "isic":
+        result = ingest_isic(source, skip_bad, evaluation_only)
+    else:
+        result = ingest_folders(source, skip_bad, evaluation_only)
+    return result

@@ -163,7 +163,7 @@ def _prepare(
     (out / "info.json").unlink(missing_ok=True)  # incomplete until rewritten at the end
     _set_aside_synthetic(out)
 
-    ingested = ingest_dataset(cfg.root, cfg.layout, skip_bad=cfg.skip_bad)
+    ingested = ingest_dataset(cfg.root, cfg.layout, skip_bad=cfg.skip_bad, evaluation_only=external)
     for note in ingested.notes:
         print(f"data: note: {note}")
     skipped = list(ingested.skipped)

@@ -444,7 +444,9 @@ def scalar_metric_fn(
     """
     mal = list(malignant_index)
     stored = dict(thresholds or {})
-    required = np.asarray(sorted(required_classes or []), dtype=np.int64)
+    required = np.asarray(
+        sorted([] if required_classes is None else required_classes), dtype=np.int64
+    )
 
     def metric_fn(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
         out = scalar_metrics(y_true, probs, mal, stored, ece_bins)
