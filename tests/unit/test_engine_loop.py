@@ -100,3 +100,13 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     a, b = _weights(one / "final"), _weights(two / "final")
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_stages_with_different_precisions_run_in_one_process(tmp_path):
+    from dermae.engine.loop import fit
+    from tests.helpers.tiny_fit import PointsDataset, RegressionTask
+
+    for precision in ("bf16", "no", "bf16"):
+        cfg = TrainConfig(max_steps=2, batch_size=8, mixed_precision=precision, log_every=1)
+        result = fit(RegressionTask(), PointsDataset(), cfg, tmp_path / precision, resume=False)
+        assert result.step == 2

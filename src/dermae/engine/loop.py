@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import send_to_device
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
@@ -185,6 +186,10 @@ def fit(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
+    # One process runs several stages (`dermae run`) with different precisions; Accelerate
+    # keeps its settings in a process-wide singleton, so forget the last stage's. The
+    # distributed part (PartialState) is kept.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
