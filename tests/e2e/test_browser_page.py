@@ -39,7 +39,7 @@ CHROME_FLAGS = [
 def ham_image() -> Path:
     root = Path(default_data_root())
     if not root.is_absolute():
-        root = REPO_ROOT / root
+        root = (REPO_ROOT / root).resolve()  # chromedriver wants canonical paths
     images = sorted((root / "images").glob("*.jpg"))[:50]
     if not images:
         pytest.skip(f"no HAM10000 images under {root}/images (set DERMAE_DATA)")
