@@ -295,6 +295,12 @@ def test_interrupted_sampling_resumes_without_duplicates(trained_run, tmp_path):
 
     with pytest.raises(SamplingError, match="guidance"):
         sample_balanced(tiny_config(run, guidance=5.0), run, progress=False)
+    # Without settings.json the rows' model_id still guards against mixing generators.
+    (run / "data/synthetic/settings.json").unlink()
+    final.assign(model_id="0123456789ab").to_csv(manifest_path, index=False)
+    with pytest.raises(SamplingError, match="another generator"):
+        sample_balanced(tiny_config(run, max_per_class=2), run, progress=False)
+    assert sample_balanced(tiny_config(run), run, overwrite=True, progress=False)["generated"] == 10
 
 
 def test_evaluate_synthetic_flags_a_planted_copy(trained_run, tmp_path):

@@ -331,6 +331,13 @@ def sample_balanced(
 
     manifest_path = root / "manifest.csv"
     existing = read_manifest(manifest_path).drop_duplicates("image_id", keep="last")
+    stale = existing["model_id"].astype(str) != model_id
+    if stale.any():  # settings.json lost or edited: the rows still say which model made them
+        raise SamplingError(
+            f"{manifest_path} holds {int(stale.sum())} images from another generator "
+            f"(model_id {existing.loc[stale, 'model_id'].iloc[0]}, now {model_id}): delete "
+            f"{root} or pass overwrite=True to start again"
+        )
     done = set(existing["image_id"])
     todo = [(c, i) for c in classes for i in range(plan[c]) if synthetic_id(c, i) not in done]
 
