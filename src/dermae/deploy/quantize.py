@@ -35,7 +35,6 @@ import json
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,10 +50,10 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
 from dermae.deploy.runtime import make_session, run_probs
-from dermae.deploy.spec import INPUT_NAME, malignant_risk
+from dermae.deploy.spec import INPUT_NAME
+from dermae.evaluate.metrics import scalar_metrics
 
 REPORT_FILE = "quantization_report.json"
 INT8_FILE = "model.int8.onnx"
@@ -193,21 +192,9 @@ def build_variant(
 def classification_metrics(
     probs: np.ndarray, labels: np.ndarray, malignant_index: Sequence[int]
 ) -> dict[str, float | None]:
-    """accuracy, balanced accuracy and malignant-vs-benign AUROC of the malignant risk."""
-    labels = np.asarray(labels)
-    pred = probs.argmax(axis=1)
-    is_malignant = np.isin(labels, list(malignant_index)).astype(int)
-    auroc = None
-    if 0 < is_malignant.sum() < len(is_malignant):
-        auroc = float(roc_auc_score(is_malignant, malignant_risk(probs, malignant_index)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true" on small sets
-        balanced = float(balanced_accuracy_score(labels, pred))
-    return {
-        "accuracy": float(accuracy_score(labels, pred)),
-        "balanced_accuracy": balanced,
-        "malignant_auroc": auroc,
-    }
+    """accuracy, balanced accuracy and malignant-vs-benign AUROC, as the evaluate stage has them."""
+    scores = scalar_metrics(np.asarray(labels), np.asarray(probs), list(malignant_index))
+    return {k: scores[k] for k in ("accuracy", "balanced_accuracy", "malignant_auroc")}
 
 
 def latency_stats(wall_ms: list[float], cpu_ms: list[float]) -> dict[str, float]:
