@@ -27,21 +27,12 @@ import pandas as pd
 
 from dermae.data.classes import CLASS_DESCRIPTIONS, HAM10000_CLASSES, MALIGNANT_CODES
 from dermae.data.errors import DataError
+from dermae.data.prepared import MANIFEST_COLUMNS
 
 LAYOUTS = ("ham10000", "isic", "folders")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-ROW_COLUMNS = [
-    "image_id",
-    "path",
-    "diagnosis",
-    "malignant",
-    "group_id",
-    "age",
-    "sex",
-    "site",
-    "dx_type",
-    "source",
-]
+# Ingested rows carry the manifest's columns except those prepare adds (label, split, cache).
+ROW_COLUMNS = [c for c in MANIFEST_COLUMNS if c not in ("label", "split", "cache_index")]
 # CSV names looked for, in this order, when `root` is a folder.
 HAM_CSV_NAMES = ("labels.csv", "HAM10000_metadata.csv", "HAM10000_metadata.original.csv")
 # Diagnosis codes the ham10000 layout accepts; anything else is reported as unknown.
