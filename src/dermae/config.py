@@ -258,12 +258,12 @@ def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
         if default is not None and isinstance(value, dict):
             # Merge into the stage's own defaults rather than the bare dataclass defaults.
             value = {**dataclasses.asdict(default), **value}
-            value = _nested_only_changed(default, value)
+            value = _lists_for_tuples(value)
         kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}")
     return cls(**kwargs)
 
 
-def _nested_only_changed(default: Any, merged: dict[str, Any]) -> dict[str, Any]:
+def _lists_for_tuples(merged: dict[str, Any]) -> dict[str, Any]:
     """Turn asdict() tuples back into lists so _coerce accepts them."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in merged.items()}
 
@@ -319,7 +319,3 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def save_config(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-def replace(cfg: Any, **changes: Any) -> Any:
-    return dataclasses.replace(cfg, **changes)
