@@ -67,7 +67,7 @@ def test_distill_end_to_end_writes_a_student_and_honest_stats(tmp_path):
     assert config["arch"] == "test_efficientnet" and config["class_names"] == list(CLASSES)
     assert config["threshold"]["chosen_on"] == "val"
     assert set(config["thresholds"]) == {"spec@0.90", "spec@0.95"}
-    assert config["distilled"]["train_rows"] == {"real": n_real, "synthetic": 6}
+    assert config["train_rows"] == {"real": n_real, "synthetic": 6}
     assert config["distilled"]["teacher"] == str(tmp_path / "teacher" / "model")
 
     stats = json.loads((tmp_path / "student" / STATS_FILE).read_text())
@@ -102,7 +102,7 @@ def test_distill_with_cached_logits_and_a_teacher_at_another_resolution(tmp_path
     assert config["image_size"] == 16
     assert config["distilled"]["teacher_image_size"] == 32
     assert config["distilled"]["cache_teacher_logits"] is True
-    assert config["distilled"]["train_rows"] == {"real": n_real, "synthetic": 0}
+    assert config["train_rows"] == {"real": n_real, "synthetic": 0}
     stats = json.loads((tmp_path / "abl" / STATS_FILE).read_text())
     assert stats["teacher"]["image_size"] == 32 and stats["teacher_cache_seconds"] > 0
 

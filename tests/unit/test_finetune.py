@@ -12,7 +12,7 @@ from mae_fixtures import write_prepared
 from safetensors.torch import load_file, save_file
 from timm.optim import create_optimizer_v2
 
-from dermae.classify import finetune as finetune_module
+from dermae.classify import trainer as trainer_module
 from dermae.classify.finetune import (
     TransferError,
     build_task,
@@ -202,13 +202,13 @@ def test_bad_options_name_the_key(run_dir):
 @pytest.mark.parametrize("init", ["mae", "scratch"])
 def test_finetune_entry_selects_best_and_saves_teacher(run_dir, monkeypatch, init):
     seen = {}
-    real_fit = finetune_module.fit
+    real_fit = trainer_module.fit
 
     def spy(task, dataset, cfg, out_dir, **kwargs):
         seen.update(task=task, dataset=dataset, **kwargs)
         return real_fit(task, dataset, cfg, out_dir, **kwargs)
 
-    monkeypatch.setattr(finetune_module, "fit", spy)
+    monkeypatch.setattr(trainer_module, "fit", spy)
     cfg = micro_config(run_dir, f"finetune.init={init}", "finetune.loss=balanced_sampler")
     path = finetune(cfg, run_dir)
     assert path == run_dir / "teacher" / "model"
@@ -223,7 +223,7 @@ def test_finetune_entry_selects_best_and_saves_teacher(run_dir, monkeypatch, ini
     scores = {r["step"]: r["val_balanced_accuracy"] for r in log if "val_balanced_accuracy" in r}
     assert sorted(scores) == [2, 4]
     model, config = load_classifier(path)
-    best = config["finetune"]["best"]
+    best = config["best"]
     assert best["score"] == max(scores.values()) and scores[best["step"]] == best["score"]
     assert config["finetune"]["init"] == init
     assert ("encoder" in config["finetune"]) == (init == "mae")
@@ -248,7 +248,7 @@ def test_finetune_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
         runs[name] = run
     finetune(micro_config(runs["straight"], *extra), runs["straight"])
 
-    real_fit = finetune_module.fit
+    real_fit = trainer_module.fit
 
     def stop_at_2(*args, **kwargs):
         def on_step(step):
@@ -257,7 +257,7 @@ def test_finetune_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
 
         return real_fit(*args, on_step=on_step, **kwargs)
 
-    monkeypatch.setattr(finetune_module, "fit", stop_at_2)
+    monkeypatch.setattr(trainer_module, "fit", stop_at_2)
     with pytest.raises(Interrupt):
         finetune(micro_config(runs["resumed"], *extra), runs["resumed"])
     steps_after_resume = []
@@ -265,7 +265,7 @@ def test_finetune_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
     def record(*args, **kwargs):
         return real_fit(*args, on_step=steps_after_resume.append, **kwargs)
 
-    monkeypatch.setattr(finetune_module, "fit", record)
+    monkeypatch.setattr(trainer_module, "fit", record)
     finetune(micro_config(runs["resumed"], *extra), runs["resumed"], resume=True)
 
     assert steps_after_resume == [3, 4]  # it did resume, not start over

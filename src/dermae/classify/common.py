@@ -56,6 +56,25 @@ def balanced_sampler_weights(targets: np.ndarray) -> np.ndarray:
     return 1.0 / counts[targets]
 
 
+LOSSES = ("ce", "weighted_ce", "balanced_sampler")
+
+
+def loss_setup(
+    loss: str, targets: np.ndarray, num_classes: int, counted: np.ndarray | None = None
+) -> tuple[torch.Tensor | None, np.ndarray | None]:
+    """(class weights or None, sampler weights or None) for a loss option.
+
+    `counted` masks the rows whose labels define the class frequencies (rows with a hard-label
+    loss); the sampler still draws from every row.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss '{loss}'; choose one of {LOSSES}")
+    counted_targets = targets if counted is None else targets[counted]
+    weights = class_weights(counted_targets, num_classes) if loss == "weighted_ce" else None
+    sampler = balanced_sampler_weights(targets) if loss == "balanced_sampler" else None
+    return weights, sampler
+
+
 class ClassificationTask(nn.Module):
     """Cross-entropy on one target view; optional class weights and soft (mixup) targets."""
 

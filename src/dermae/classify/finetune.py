@@ -17,32 +17,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from safetensors.torch import load_file
 from timm.data import Mixup
 from torch import nn
 
 from dermae.classify.common import (
+    LOSSES,
     ClassificationTask,
     TargetView,
-    balanced_sampler_weights,
     class_weights,
     dataset_targets,
     target_view,
-    val_evaluator,
 )
-from dermae.classify.model import build_classifier, classifier_config, save_classifier
-from dermae.classify.thresholds import attach_thresholds
+from dermae.classify.model import build_classifier, classifier_config
+from dermae.classify.trainer import Recipe, TrainSetup, train_classifier
 from dermae.config import Config, FinetuneConfig, to_dict
-from dermae.data.prepared import PreparedData, load_prepared
-from dermae.data.transforms import train_augment
+from dermae.data.prepared import PreparedData
 from dermae.engine.checkpoint import MODEL_FILE, load_config_json, seed_everything
-from dermae.engine.loop import fit
 from dermae.pretrain.mae import resolve_vit
 from dermae.pretrain.train import encoder_dir
 
 TEACHER_DIR = "teacher"
-SELECT_METRIC = "balanced_accuracy"  # the loop logs it as val_balanced_accuracy
-LOSSES = ("ce", "weighted_ce", "balanced_sampler")
 POOLS = ("avg", "token")
 # Keys of a timm ViT that a fine-tuned classifier adds on top of the pre-trained encoder.
 NEW_KEY_PREFIXES = ("head.", "fc_norm.")
@@ -155,9 +151,18 @@ def freeze_for_linear_probe(net: nn.Module) -> list[str]:
 
 
 def build_task(
-    cfg: Config, prepared: PreparedData, train_targets: np.ndarray, run_dir: str | Path
+    cfg: Config,
+    prepared: PreparedData,
+    train_targets: np.ndarray,
+    run_dir: str | Path,
+    weights: torch.Tensor | None = None,
+    encoder: str | Path | None = None,
 ) -> tuple[ClassificationTask, dict[str, Any]]:
-    """The classifier (MAE-initialised or scratch, optionally frozen) wrapped in its task."""
+    """The classifier (MAE-initialised or scratch, optionally frozen) wrapped in its task.
+
+    `weights` are the trainer's class weights; without them, `finetune.loss` decides from
+    `train_targets`. `encoder` defaults to the run's `pretrain/encoder`.
+    """
     fcfg = cfg.finetune
     if fcfg.init not in ("mae", "scratch"):
         raise ValueError(f"finetune.init must be 'mae' or 'scratch', got '{fcfg.init}'")
@@ -168,13 +173,14 @@ def build_task(
     model = build_classifier(teacher_config(fcfg, prepared, view))
     info: dict[str, Any] = {"init": fcfg.init, "linear_probe": fcfg.linear_probe}
     if fcfg.init == "mae":
-        source = encoder_dir(run_dir)
+        source = Path(encoder) if encoder is not None else encoder_dir(run_dir)
         info["encoder"] = str(source)
         info["new_keys"] = load_encoder(model.net, source, model.config)["new"]
     if fcfg.linear_probe:
         freeze_for_linear_probe(model.net)
     num_classes = len(view.class_names)
-    weights = class_weights(train_targets, num_classes) if fcfg.loss == "weighted_ce" else None
+    if weights is None and fcfg.loss == "weighted_ce":
+        weights = class_weights(train_targets, num_classes)
     mix = None
     if fcfg.mixup > 0 or fcfg.cutmix > 0:
         if fcfg.train.batch_size % 2:
@@ -191,46 +197,56 @@ def build_task(
     return task, info
 
 
-def finetune(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
+def finetune_recipe(fcfg: FinetuneConfig) -> Recipe:
+    return Recipe(
+        loss=fcfg.loss,
+        augment=fcfg.augment,
+        train=fcfg.train,
+        synthetic_ratio=fcfg.synthetic_ratio,
+        eval_batch_size=fcfg.eval_batch_size,
+    )
+
+
+def finetune(
+    cfg: Config,
+    run_dir: str | Path,
+    resume: bool = True,
+    stage: str = TEACHER_DIR,
+    encoder: str | Path | None = None,
+) -> Path:
     """Fine-tune (or linear-probe, or train from scratch) the ViT teacher.
 
-    Returns the teacher classifier folder `<run_dir>/teacher/model`.
+    Returns the teacher classifier folder `<run_dir>/<stage>/model`; `stage` and `encoder`
+    let the ablation fine-tune other teachers (from scratch, or from another encoder).
     """
-    run_dir = Path(run_dir)
     fcfg = cfg.finetune
-    use_synth = cfg.data.include_synthetic and fcfg.synthetic_ratio > 0
-    prepared = load_prepared(run_dir, with_synthetic=use_synth)
-    view = target_view(prepared, cfg.data.label)
-    rows = prepared.rows(
-        "train", include_synthetic=use_synth, synthetic_ratio=fcfg.synthetic_ratio, seed=cfg.seed
-    )
-    train_set = prepared.dataset(rows, train_augment() if fcfg.augment else None)
-    val_set = prepared.dataset(prepared.rows("val"))
-    targets = dataset_targets(train_set, view.key)
+    info: dict[str, Any] = {}
 
-    task, info = build_task(cfg, prepared, targets, run_dir)
-    out = run_dir / TEACHER_DIR
-    result = fit(
-        task,
-        train_set,
-        fcfg.train,
-        out / "train",
-        model=task.model.net,  # the timm ViT itself: timm's layer grouping drives layer_decay
-        evaluate=val_evaluator(val_set, view, fcfg.eval_batch_size),
-        sampler_weights=balanced_sampler_weights(targets)
-        if fcfg.loss == "balanced_sampler"
-        else None,
+    def make_task(setup: TrainSetup) -> ClassificationTask:
+        task, built = build_task(
+            cfg,
+            setup.prepared,
+            dataset_targets(setup.train_set, setup.view.key),
+            run_dir,
+            weights=setup.class_weights,
+            encoder=encoder,
+        )
+        info.update(built)
+        return task
+
+    trained = train_classifier(
+        cfg,
+        run_dir,
+        stage,
+        finetune_recipe(fcfg),
+        make_task,
         resume=resume,
         layer_decay=None if fcfg.linear_probe else fcfg.layer_decay,
+        run_config={"stage": to_dict(fcfg)},
+        extra_config={"finetune": info},  # filled by make_task before the model is saved
         desc="finetune",
-        run_config={"stage": to_dict(fcfg), "label": cfg.data.label, **info},
-        select_metric=SELECT_METRIC,
-        num_workers=cfg.data.num_workers,
     )
-    model = result.task.model  # Classifier around result.model (best-by-val weights)
-    extra = attach_thresholds(model, val_set, view, cfg.evaluate.specificities)
-    extra["finetune"] = {**info, "best": result.best}
-    return save_classifier(out / "model", model, extra)
+    return trained.model_dir
 
 
 __all__ = [
@@ -238,6 +254,7 @@ __all__ = [
     "build_task",
     "check_transfer",
     "finetune",
+    "finetune_recipe",
     "freeze_for_linear_probe",
     "load_encoder",
     "teacher_config",

@@ -77,16 +77,21 @@ def build_classifier(config: dict[str, Any]) -> Classifier:
 
 
 def save_classifier(
-    directory: str | Path, model: Classifier, extra: dict[str, Any] | None = None
+    directory: str | Path, model: nn.Module, extra: dict[str, Any] | None = None
 ) -> Path:
+    """A `Classifier` (its timm net's weights) or an ensemble (all members' weights)."""
     config = {**model.config, **(extra or {})}
-    return save_model(directory, model.net, config)
+    return save_model(directory, model.net if isinstance(model, Classifier) else model, config)
 
 
 def load_classifier(directory: str | Path) -> tuple[Classifier, dict[str, Any]]:
     config = load_config_json(directory)
     if config.get("kind") != "classifier":
         raise ValueError(f"{directory} holds a '{config.get('kind')}' checkpoint, not a classifier")
+    if config.get("arch") == "ensemble":
+        from dermae.classify.ensemble import load_ensemble  # it builds on this module
+
+        return load_ensemble(directory, config), config
     model = build_classifier(config)
     load_weights(directory, model.net)
     model.eval()

@@ -21,6 +21,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from dermae.data.errors import DataError
+
 MANIFEST_COLUMNS = [
     "image_id",
     "path",
@@ -84,6 +86,17 @@ class PreparedData:
         return LesionDataset(rows, self.arrays, transform)
 
 
+def _open_images(path: Path, remedy: str) -> np.ndarray:
+    """Memory-map an image array; a truncated or damaged file is a clear error, not an mmap
+    traceback in the middle of training."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as err:
+        raise DataError(
+            f"{path} is damaged or truncated ({err}): delete it and rerun `{remedy}`"
+        ) from err
+
+
 def load_prepared(run_dir: str | Path, with_synthetic: bool = True) -> PreparedData:
     root = data_dir(run_dir)
     info_path = root / "info.json"
@@ -93,12 +106,12 @@ def load_prepared(run_dir: str | Path, with_synthetic: bool = True) -> PreparedD
         )
     info = json.loads(info_path.read_text())
     manifest = pd.read_csv(root / "manifest.csv", dtype={"image_id": str, "group_id": str})
-    arrays = {"real": np.load(root / "images.npy", mmap_mode="r")}
+    arrays = {"real": _open_images(root / "images.npy", "dermae data prepare -c CONFIG")}
     synth_manifest = root / "synthetic" / "manifest.csv"
     synth_images = root / "synthetic" / "images.npy"
     if with_synthetic and synth_manifest.exists() and synth_images.exists():
         synth = pd.read_csv(synth_manifest, dtype={"image_id": str, "group_id": str})
-        arrays["synthetic"] = np.load(synth_images, mmap_mode="r")
+        arrays["synthetic"] = _open_images(synth_images, "dermae synth sample -c CONFIG")
         manifest = pd.concat([manifest, synth], ignore_index=True)
     return PreparedData(
         root=root,
@@ -111,7 +124,7 @@ def load_prepared(run_dir: str | Path, with_synthetic: bool = True) -> PreparedD
 
 
 class LesionDataset(Dataset):
-    """Yields {"image": float [3, S, S] in [0, 1], "label", "malignant", "index"}."""
+    """Yields {"image": float [3, S, S] in [0, 1], "label", "malignant", "index", "synthetic"}."""
 
     def __init__(self, rows: pd.DataFrame, arrays: dict[str, np.ndarray], transform=None):
         self.rows = rows.reset_index(drop=True)
@@ -135,4 +148,5 @@ class LesionDataset(Dataset):
             "label": torch.tensor(self.labels[i]),
             "malignant": torch.tensor(self.malignant[i]),
             "index": torch.tensor(i),
+            "synthetic": torch.tensor(self._source[i] == "synthetic"),
         }

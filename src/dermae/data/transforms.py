@@ -8,6 +8,7 @@ teacher and a student exact.
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 from torchvision.transforms import v2
 
 # Models here are trained from scratch, so ImageNet statistics are a convention, not a need;
@@ -40,3 +41,15 @@ def train_augment() -> v2.Transform:
             v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02),
         ]
     )
+
+
+def to_resolution(images: torch.Tensor, size: int) -> torch.Tensor:
+    """images: [N, 3, H, W] in [0, 1] -> [N, 3, size, size] (unchanged when already that size).
+
+    Bilinear with antialiasing: what a cache at that size would hold, up to the filter.
+    """
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(
+        images, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    ).clamp_(0.0, 1.0)

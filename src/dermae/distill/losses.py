@@ -18,6 +18,21 @@ def soft_kl(
     return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
 
 
+def weighted_ce(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    class_weights: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`F.cross_entropy(weight=...)` (a weighted mean) over the rows `mask` keeps; 0 if none."""
+    if mask is None:
+        return F.cross_entropy(logits.float(), targets, weight=class_weights)
+    per_row = F.cross_entropy(logits.float(), targets, weight=class_weights, reduction="none")
+    row_weight = class_weights[targets] if class_weights is not None else torch.ones_like(per_row)
+    row_weight = row_weight * mask.to(per_row.dtype)
+    return (per_row * mask.to(per_row.dtype)).sum() / row_weight.sum().clamp_min(1e-12)
+
+
 def kd_terms(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -25,13 +40,15 @@ def kd_terms(
     alpha: float,
     temperature: float,
     class_weights: torch.Tensor | None = None,
+    hard_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """{"loss", "ce", "kd"} where loss = (1 - alpha) * ce + alpha * kd and kd = T² · KL.
 
     The T² factor keeps the soft-target gradients on the same scale as the hard-label ones
     when T changes (the softened gradients shrink as 1/T²).
     `class_weights` weight the hard-label CE only: the teacher's soft targets already carry
-    its view of the minority classes.
+    its view of the minority classes. `hard_mask` [N] (bool) limits the CE to some rows (real
+    images; synthetic ones then learn from the teacher alone); the KD term uses every row.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"distill.alpha must lie in [0, 1], got {alpha}")
@@ -42,7 +59,7 @@ def kd_terms(
             f"student logits {tuple(student_logits.shape)} and teacher logits "
             f"{tuple(teacher_logits.shape)} differ: teacher and student need the same classes"
         )
-    ce = F.cross_entropy(student_logits.float(), targets, weight=class_weights)
+    ce = weighted_ce(student_logits, targets, class_weights, hard_mask)
     kd = soft_kl(student_logits, teacher_logits, temperature) * temperature**2
     return {"loss": (1.0 - alpha) * ce + alpha * kd, "ce": ce.detach(), "kd": kd.detach()}
 

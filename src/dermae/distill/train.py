@@ -9,6 +9,7 @@ thresholds) and `<run_dir>/<stage>/model_stats.json` (size, FLOPs, CPU latency).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -20,8 +21,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from dermae.classify.baseline import loss_setup
-from dermae.classify.common import dataset_targets, target_view, val_evaluator
+from dermae.classify.common import target_view
+from dermae.classify.ensemble import build_ensemble
 from dermae.classify.model import (
     Classifier,
     build_classifier,
@@ -30,14 +31,14 @@ from dermae.classify.model import (
     save_classifier,
 )
 from dermae.classify.thresholds import attach_thresholds
-from dermae.config import Config, to_dict
+from dermae.classify.trainer import Recipe, TrainSetup, train_classifier
+from dermae.config import Config, DistillConfig, to_dict
 from dermae.data.prepared import load_prepared
-from dermae.data.transforms import train_augment
 from dermae.distill.task import DistillTask, teacher_logits_for
-from dermae.engine.checkpoint import CONFIG_FILE, MODEL_FILE, save_model, seed_everything
-from dermae.engine.loop import fit
+from dermae.engine.checkpoint import CONFIG_FILE, MODEL_FILE, save_model
 
 TEACHER_DIR = "teacher"  # `dermae finetune` writes the teacher classifier to teacher/model
+ENSEMBLE_DIR = "teacher_ensemble"  # the pipeline's ensemble teacher, when distill.teachers has 2+
 STATS_FILE = "model_stats.json"
 
 
@@ -110,6 +111,38 @@ def _check_teacher(teacher_config: dict[str, Any], class_names: list[str], where
         )
 
 
+def load_teacher(
+    cfg: Config, run_dir: Path, teachers: list[str | Path], ensemble_dir: Path
+) -> tuple[nn.Module, dict[str, Any], Path]:
+    """One teacher classifier, or an ensemble of several saved as `ensemble_dir`.
+
+    Each entry of `teachers` is a classifier folder, or a run-dir stage folder holding `model/`.
+    """
+    folders = [resolve_teacher(run_dir, run_dir / t) for t in teachers]
+    if len(folders) == 1:
+        teacher, config = load_classifier(folders[0])
+        return teacher, config, folders[0]
+    members = [load_classifier(f)[0] for f in folders]
+    ensemble = build_ensemble(members, [str(f) for f in folders])
+    # Thresholds on validation, like every classifier, so the ensemble is scored like them.
+    prepared = load_prepared(run_dir, with_synthetic=False)
+    val_set = prepared.dataset(prepared.rows("val"))
+    view = target_view(prepared, cfg.data.label)
+    extra = attach_thresholds(ensemble, val_set, view, cfg.evaluate.specificities)
+    save_classifier(ensemble_dir, ensemble, extra)
+    return ensemble, {**ensemble.config, **extra}, ensemble_dir
+
+
+def distill_recipe(dcfg: DistillConfig) -> Recipe:
+    return Recipe(
+        loss=dcfg.loss,
+        augment=dcfg.augment,
+        train=dcfg.train,
+        synthetic_ratio=dcfg.synthetic_ratio,
+        synthetic_hard_labels=dcfg.synthetic_hard_labels,
+    )
+
+
 def distill(
     cfg: Config,
     run_dir: str | Path,
@@ -117,98 +150,102 @@ def distill(
     stage: str = "student",
     include_synthetic: bool | None = None,
     resume: bool = True,
+    teachers: list[str | Path] | None = None,
 ) -> Path:
-    """Distil the teacher into `cfg.distill.model`; returns `<run_dir>/<stage>/model`.
+    """Distil the teacher(s) into `cfg.distill.model`; returns `<run_dir>/<stage>/model`.
 
-    `teacher_dir`, `stage` and `include_synthetic` (default `cfg.data.include_synthetic`)
-    let the ablation distil other teachers / data mixes into other folders.
+    The teachers are `teachers`, else `[teacher_dir]`, else `cfg.distill.teachers`; two or
+    more are distilled as one ensemble, saved next to the student (`teacher_ensemble/model`
+    for the pipeline's student). `stage` and `include_synthetic` (default
+    `cfg.data.include_synthetic`) let the ablation distil other teachers / data mixes.
     """
     dcfg = cfg.distill
     run_dir = Path(run_dir)
-    teacher_dir = resolve_teacher(run_dir, teacher_dir)
-    teacher, teacher_config = load_classifier(teacher_dir)
+    if teachers is None:
+        teachers = [teacher_dir] if teacher_dir is not None else list(dcfg.teachers)
+    ensemble_dir = run_dir / ENSEMBLE_DIR / "model"
+    if stage != "student":
+        ensemble_dir = run_dir / f"{stage}_teacher" / "model"
+    teacher, teacher_config, teacher_path = load_teacher(cfg, run_dir, teachers, ensemble_dir)
     if include_synthetic is None:
         include_synthetic = cfg.data.include_synthetic
-    prepared = load_prepared(run_dir, with_synthetic=include_synthetic)
-    view = target_view(prepared, cfg.data.label)
-    _check_teacher(teacher_config, view.class_names, teacher_dir)
+    recipe = distill_recipe(dcfg)
+    if not include_synthetic:
+        recipe = dataclasses.replace(recipe, synthetic_ratio=0.0)
+    cache_seconds = 0.0
 
-    rows = prepared.rows(
-        "train",
-        include_synthetic=include_synthetic,
-        synthetic_ratio=dcfg.synthetic_ratio,
-        seed=cfg.seed,
-    )
-    train_set = prepared.dataset(rows, train_augment() if dcfg.augment else None)
-    val_set = prepared.dataset(prepared.rows("val"))
-    targets = dataset_targets(train_set, view.key)
-    weights, sampler = loss_setup(dcfg.loss, targets, len(view.class_names))
-
-    cached, cache_seconds = None, 0.0
-    if dcfg.cache_teacher_logits:
-        start = time.perf_counter()
-        cached = teacher_logits_for(teacher, prepared.dataset(rows))  # un-augmented
-        cache_seconds = time.perf_counter() - start
-
-    seed_everything(dcfg.train.seed)
-    student = build_classifier(
-        classifier_config(
-            dcfg.model,
-            view.class_names,
-            view.malignant_classes,
-            prepared.image_size,
-            {"drop_rate": dcfg.drop_rate},
+    def make_task(setup: TrainSetup) -> DistillTask:
+        nonlocal cache_seconds
+        _check_teacher(teacher_config, setup.view.class_names, teacher_path)
+        cached = None
+        if dcfg.cache_teacher_logits:
+            start = time.perf_counter()
+            clean = setup.prepared.dataset(setup.train_set.rows)  # un-augmented
+            cached = teacher_logits_for(teacher, clean)
+            cache_seconds = time.perf_counter() - start
+        student = build_classifier(
+            classifier_config(
+                dcfg.model,
+                setup.view.class_names,
+                setup.view.malignant_classes,
+                setup.prepared.image_size,
+                {"drop_rate": dcfg.drop_rate},
+            )
         )
-    )
-    task = DistillTask(student, teacher, view.key, dcfg.alpha, dcfg.temperature, weights, cached)
-    train_rows = {
-        "real": int((rows["source"] == "real").sum()),
-        "synthetic": int((rows["source"] == "synthetic").sum()),
-    }
+        return DistillTask(
+            student,
+            teacher,
+            setup.view.key,
+            dcfg.alpha,
+            dcfg.temperature,
+            setup.class_weights,
+            cached,
+            synthetic_hard_labels=dcfg.synthetic_hard_labels,
+        )
+
     provenance = {
-        "teacher": str(teacher_dir),
+        "teacher": str(teacher_path),
         "teacher_arch": teacher_config["arch"],
         "teacher_image_size": int(teacher_config["image_size"]),
+        "teacher_members": teacher_config.get("member_sources", [str(teacher_path)]),
         "alpha": dcfg.alpha,
         "temperature": dcfg.temperature,
         "cache_teacher_logits": dcfg.cache_teacher_logits,
-        "train_rows": train_rows,
+        "synthetic_hard_labels": dcfg.synthetic_hard_labels,
     }
-    out = run_dir / stage
-    result = fit(
-        task,
-        train_set,
-        dcfg.train,
-        out / "train",
-        evaluate=val_evaluator(val_set, view),
-        sampler_weights=sampler,
+    trained = train_classifier(
+        cfg,
+        run_dir,
+        stage,
+        recipe,
+        make_task,
         resume=resume,
-        desc=stage,
-        run_config={"stage": to_dict(dcfg), "include_synthetic": include_synthetic, **provenance},
-        select_metric="balanced_accuracy",
-        num_workers=cfg.data.num_workers,
+        run_config={"stage": to_dict(dcfg), **provenance},
+        extra_config={"distilled": provenance},
     )
-    extra = attach_thresholds(result.model, val_set, view, cfg.evaluate.specificities)
-    model_dir = save_classifier(out / "model", result.model, {**extra, "distilled": provenance})
-
+    model_dir = trained.model_dir
     stats = {
         "arch": dcfg.model,
         **student_stats(
-            result.model, prepared.image_size, model_dir / MODEL_FILE, dcfg.latency_runs
+            trained.model,
+            int(trained.model.config["image_size"]),
+            model_dir / MODEL_FILE,
+            dcfg.latency_runs,
         ),
         "teacher": {
             "arch": teacher_config["arch"],
             **student_stats(
                 teacher,
                 int(teacher_config["image_size"]),
-                teacher_dir / MODEL_FILE,
+                teacher_path / MODEL_FILE,
                 dcfg.latency_runs,
             ),
         },
-        "train_seconds": round(result.seconds, 2),
+        "train_rows": trained.train_rows,
+        "train_seconds": round(trained.result.seconds, 2),
         "teacher_cache_seconds": round(cache_seconds, 2),
-        "steps": result.step,
-        "best": result.best,
+        "steps": trained.result.step,
+        "best": trained.result.best,
     }
-    (out / STATS_FILE).write_text(json.dumps(stats, indent=2))
+    (run_dir / stage / STATS_FILE).write_text(json.dumps(stats, indent=2))
     return model_dir
