@@ -37,6 +37,8 @@ class DataConfig:
     test_frac: float = 0.2
     split_seed: int = 0
     skip_bad: bool = False
+    group_missing_lesions: str = "error"  # error | image (a blank lesion_id is its own lesion)
+    allow_outside_root: bool = False  # read image paths that resolve outside `root`
     limit: int = 0  # >0: keep a stratified subset of this many lesions (smoke runs)
     label: str = "diagnosis"  # diagnosis (7 classes) | malignant (2 classes)
     include_synthetic: bool = True  # later stages read synthetic rows when present
@@ -156,9 +158,15 @@ class DistillConfig:
     model: str = "efficientnet_b0"
     alpha: float = 0.7
     temperature: float = 2.0
-    cache_teacher_logits: bool = False  # teacher run once on un-augmented train images
-    loss: str = "ce"  # ce | weighted_ce | balanced_sampler (hard-label part only)
+    # Folders of the run dir holding teacher classifiers; two or more are distilled as an
+    # ensemble (mean log-probabilities), saved in teacher_ensemble/model.
+    teachers: tuple[str, ...] = ("teacher",)
+    # False (consistent KD): the teacher sees the student's augmented view every step.
+    # True: teacher run once on un-augmented train images (faster, inconsistent targets).
+    cache_teacher_logits: bool = False
+    loss: str = "weighted_ce"  # ce | weighted_ce | balanced_sampler (hard-label part only)
     synthetic_ratio: float = 1.0
+    synthetic_hard_labels: bool = False  # False: synthetic rows learn from the teacher only
     augment: bool = True
     drop_rate: float = 0.1
     latency_runs: int = 30  # batch-1 CPU timings behind model_stats.json's median latency
