@@ -7,9 +7,11 @@ Unknown or mistyped keys raise `ConfigError` naming the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,7 +296,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key.sub=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(
+            f"override '{text}': the value is not valid YAML ({_yaml_problem(err)}); "
+            f"quote it to pass text, e.g. --set '{key}=\"{raw}\"'"
+        ) from None
     return key.strip().split("."), value
 
 
@@ -315,15 +323,182 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        if path.is_dir():
+            raise ConfigError(f"config path {path} is a folder; pass a YAML file (-c FILE.yaml)")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(
+                f"config file {path} is not valid YAML: {_yaml_problem(err)}"
+            ) from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"cannot read config file {path}: {err}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         tree = loaded
     for text in overrides or []:
         keys, value = parse_override(text)
         _set_nested(tree, keys, value)
-    return from_dict(Config, tree)
+    cfg = from_dict(Config, tree)
+    validate_config(cfg)
+    return cfg
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line: what the YAML parser objects to, and where."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{where}{problem}"
+
+
+# Integer keys that must be >= 1 (every other integer key must be >= 0).
+POSITIVE_INT_KEYS = frozenset(
+    {
+        "image_size",
+        "batch_size",
+        "eval_batch_size",
+        "grad_accum",
+        "log_every",
+        "latent_channels",
+        "layers_per_block",
+        "num_train_timesteps",
+        "attention_head_dim",
+        "scale_images",
+        "steps",
+        "decoder_dim",
+        "decoder_heads",
+        "latency_runs",
+        "ece_bins",
+        "opset",
+        "timing_threads",
+    }
+)
+# Float keys that are fractions or probabilities, in [0, 1] (every other float must be >= 0).
+UNIT_FLOAT_KEYS = frozenset(
+    {
+        "val_frac",
+        "test_frac",
+        "synthetic_ratio",
+        "min_lr_ratio",
+        "ema_decay",
+        "label_dropout",
+        "mask_ratio",
+        "min_crop_scale",
+        "layer_decay",
+        "drop_path",
+        "drop_rate",
+        "label_smoothing",
+        "alpha",
+        "threshold_specificity",
+        "specificities",
+        "max_balanced_acc_drop",
+    }
+)
+TIMM_MODEL_KEYS = ("baseline.model", "distill.model")
+VIT_MODEL_KEYS = ("pretrain.model", "finetune.model")
+MAX_NAME_LENGTH = 255  # bytes per file or folder name on common file systems
+
+
+def _check_number(key: str, value: Any) -> None:
+    name = key.rsplit(".", 1)[-1].split("[", 1)[0]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}' must be a finite number, got {value}")
+    if isinstance(value, int) and name in POSITIVE_INT_KEYS and value < 1:
+        raise ConfigError(f"config key '{key}' must be 1 or more, got {value}")
+    if value < 0:
+        raise ConfigError(f"config key '{key}' must not be negative, got {value}")
+    if isinstance(value, float) and name in UNIT_FLOAT_KEYS and value > 1:
+        raise ConfigError(f"config key '{key}' must be between 0 and 1, got {value}")
+
+
+def _walk(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf, tuples item by item as key[i]."""
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _walk(value, f"{key}.")
+        elif isinstance(value, tuple):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    yield from _walk(item, f"{key}[{i}].")
+                else:
+                    yield f"{key}[{i}]", item
+        else:
+            yield key, value
+
+
+def _check_model_names(cfg: Config) -> None:
+    # Imported here: timm is slow to import and dermae.pretrain imports this module.
+    import difflib
+
+    import timm
+
+    from dermae.pretrain.mae import resolve_vit
+
+    for key in TIMM_MODEL_KEYS:
+        name = _get(cfg, key)
+        if not timm.is_model(name):
+            close = difflib.get_close_matches(name, timm.list_models(), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(
+                f"config key '{key}': '{name}' is not a timm model{hint}; "
+                "see timm.list_models() for the names"
+            )
+    for key in VIT_MODEL_KEYS:
+        try:
+            resolve_vit(_get(cfg, key))
+        except ValueError as err:
+            raise ConfigError(f"config key '{key}': {err}") from None
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate_config(cfg: Config) -> None:
+    """Raise `ConfigError` naming the first key whose value cannot work: negative or zero sizes
+    and steps, a training stage with no steps, fractions above 1, unknown model names, a
+    run_dir that is a file or has an over-long name. Types were checked while building."""
+    for key, value in _walk(cfg, ""):
+        _check_number(key, value)
+    for f in dataclasses.fields(cfg):
+        stage = getattr(cfg, f.name)
+        train = getattr(stage, "train", None)
+        if isinstance(train, TrainConfig) and train.epochs == 0 and train.max_steps == 0:
+            raise ConfigError(
+                f"config keys '{f.name}.train.epochs' and '{f.name}.train.max_steps' are both 0, "
+                "so the stage would not train: set one of them to a positive number"
+            )
+        for key in ("block_out_channels",):
+            if getattr(stage, key, None) == ():
+                raise ConfigError(f"config key '{f.name}.{key}' must list at least one width")
+    if cfg.data.group_missing_lesions not in ("error", "image"):
+        raise ConfigError(
+            f"config key 'data.group_missing_lesions' must be error or image, "
+            f"got '{cfg.data.group_missing_lesions}'"
+        )
+    long = [part for part in Path(cfg.run_dir).parts if len(part.encode()) > MAX_NAME_LENGTH]
+    if long:
+        raise ConfigError(
+            f"config key 'run_dir': the name '{long[0][:40]}...' is {len(long[0].encode())} "
+            f"bytes long, more than the {MAX_NAME_LENGTH} a file system allows; use a shorter one"
+        )
+    if Path(cfg.run_dir).exists() and not Path(cfg.run_dir).is_dir():
+        raise ConfigError(
+            f"config key 'run_dir': {cfg.run_dir} is a file, not a folder; remove it or set "
+            "run_dir (--run-dir) to a folder"
+        )
+    _check_model_names(cfg)
