@@ -56,12 +56,16 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "synth_quality",
         "dermae.synth.stages:quality_stage",
-        (),
+        ("sample",),  # sample.filter decides which synthetic images later stages read
         ("sample", "baseline"),
         "FID/KID, fidelity, near-copies",
     ),
     Stage(
-        "pretrain", "dermae.pretrain.train:pretrain", ("pretrain",), ("sample",), "MAE pre-training"
+        "pretrain",
+        "dermae.pretrain.train:pretrain",
+        ("pretrain",),
+        ("sample", "synth_quality"),  # reads only the synthetic images the filter accepted
+        "MAE pre-training",
     ),
     Stage(
         "finetune",
@@ -74,7 +78,7 @@ STAGES: tuple[Stage, ...] = (
         "distill",
         "dermae.distill.train:distill",
         ("distill", "evaluate"),
-        ("finetune",),
+        ("finetune", "baseline"),  # the baseline may be a member of the teacher ensemble
         "student distillation",
     ),
     Stage(
@@ -87,7 +91,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "ablate",
         "dermae.evaluate.ablation:ablate",
-        ("baseline", "distill", "evaluate"),
+        # pretrain and finetune: variants (e) and (f) train other teachers the same way
+        ("baseline", "distill", "evaluate", "ablate", "pretrain", "finetune"),
         ("distill", "baseline"),
         "ablation against the plain baseline",
     ),

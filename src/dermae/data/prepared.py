@@ -97,7 +97,32 @@ def _open_images(path: Path, remedy: str) -> np.ndarray:
         ) from err
 
 
-def load_prepared(run_dir: str | Path, with_synthetic: bool = True) -> PreparedData:
+ACCEPTED_FILE = "accepted.csv"  # data/synthetic/: the synthetic-image filter's verdicts
+
+
+def accepted_synthetic(root: Path, synth: pd.DataFrame) -> pd.DataFrame:
+    """Synthetic rows the filter kept (`dermae synth evaluate` with sample.filter=classifier).
+
+    Without a verdict file every row is kept. A row the verdict file does not know (sampled
+    after the filter ran) is an error, not a silent keep or drop.
+    """
+    path = root / "synthetic" / ACCEPTED_FILE
+    if not path.exists():
+        return synth
+    verdicts = pd.read_csv(path, dtype={"image_id": str}).set_index("image_id")["accepted"]
+    unknown = ~synth["image_id"].isin(verdicts.index)
+    if unknown.any():
+        raise ValueError(
+            f"{path} has no verdict for {int(unknown.sum())} synthetic images (e.g. "
+            f"{synth.loc[unknown, 'image_id'].iloc[0]}): rerun `dermae synth evaluate`"
+        )
+    return synth[synth["image_id"].map(verdicts).astype(bool).to_numpy()]
+
+
+def load_prepared(
+    run_dir: str | Path, with_synthetic: bool = True, filtered: bool = True
+) -> PreparedData:
+    """The prepared data; `filtered=False` keeps synthetic images the filter rejected."""
     root = data_dir(run_dir)
     info_path = root / "info.json"
     if not info_path.exists():
@@ -112,6 +137,8 @@ def load_prepared(run_dir: str | Path, with_synthetic: bool = True) -> PreparedD
     if with_synthetic and synth_manifest.exists() and synth_images.exists():
         synth = pd.read_csv(synth_manifest, dtype={"image_id": str, "group_id": str})
         arrays["synthetic"] = _open_images(synth_images, "dermae synth sample -c CONFIG")
+        if filtered:
+            synth = accepted_synthetic(root, synth)
         manifest = pd.concat([manifest, synth], ignore_index=True)
     return PreparedData(
         root=root,

@@ -1,12 +1,19 @@
-"""`dermae ablate`: is DerMAE better than what a user would do without it? Measured.
+"""`dermae ablate`: is DerMAE better than what a user would do without it? Measured like for like.
 
-Same student architecture, same training budget (`distill.train`), same split:
-  (a) real data, plain cross-entropy             — what a user does without dermae
-  (b) real data, the simple fix (weighted CE or a class-balanced sampler)
-  (c) real + synthetic images, plain cross-entropy
-  (d) real + synthetic, distilled from the MAE teacher — DerMAE (the pipeline's student)
-plus the teacher itself. Every model is scored on the test split with lesion-bootstrap
-CIs, and (d) is compared with (a) and (b) by a paired bootstrap over the same resamples.
+Every variant is the same student (`distill.model`, `distill.augment`, `distill.drop_rate`),
+trained for the same budget (`distill.train`, so the same data order) with the same decision
+rule (argmax; thresholds chosen on validation) and the same imbalance handling as (b), except
+where that is the variable under test:
+  (a) real data, plain cross-entropy                  — what a user does without dermae
+  (b) real data, the simple fix (`ablate.simple_fix`: weighted CE, a balanced sampler, or
+      whichever of the two is better on validation)
+  (c) (b) + the synthetic images, with hard labels     — isolates synthesis for the student
+  (d) DerMAE: (b)'s recipe + KD from the MAE teacher (+ synthetic transfer images)
+  (e) as (d), teacher fine-tuned from scratch          — isolates MAE pre-training
+  (f) as (d), teacher pre-trained without synthetics   — isolates synthesis for the teacher
+plus the teachers themselves. Every model is scored on the test split with lesion-bootstrap
+CIs, and every variant (and teacher) is compared with (b) by a paired bootstrap over the same
+lesion resamples. The verdict — the paired differences against (b) — comes first.
 """
 
 from __future__ import annotations
@@ -20,12 +27,16 @@ import numpy as np
 import pandas as pd
 
 from dermae.classify.baseline import train_baseline
+from dermae.classify.finetune import finetune
 from dermae.config import BaselineConfig, Config
 from dermae.data.prepared import load_prepared
+from dermae.distill.train import ENSEMBLE_DIR, distill
+from dermae.engine.checkpoint import load_config_json
 from dermae.evaluate.bootstrap import paired_bootstrap
 from dermae.evaluate.metrics import scalar_metric_fn
 from dermae.evaluate.report import metrics_table
 from dermae.evaluate.run import evaluate_model
+from dermae.pretrain.train import ENCODER_DIR, pretrain
 
 HEADLINE = {
     "balanced_accuracy": "balanced accuracy",
@@ -34,61 +45,241 @@ HEADLINE = {
     "macro_auroc": "macro AUROC",
     "ece": "ECE (lower is better)",
 }
-VARIANTS = {
-    "a_real_ce": "(a) real, plain CE",
-    "b_real_balanced": "(b) real, class-balanced",
-    "c_real_synth": "(c) real + synthetic",
-    "d_dermae": "(d) DerMAE student",
-    "teacher": "MAE teacher",
+# Threshold-free, so a paired difference never mixes two models' validation thresholds:
+# the sensitivity where each model's test ROC reaches 90 % specificity.
+ROC_SENSITIVITY = "malignant_roc_sensitivity@spec0.90"
+PAIRED = {
+    "balanced_accuracy": "balanced accuracy",
+    "malignant_auroc": "malignant AUROC",
+    ROC_SENSITIVITY: "malignant sensitivity at 90% specificity (test ROC)",
+    "macro_auroc": "macro AUROC",
+    "ece": "ECE (lower is better)",
 }
+VARIANTS = {
+    "a": ("a_real_ce", "(a) real, plain CE"),
+    "b": ("b_simple_fix", "(b) real, simple fix"),
+    "c": ("c_real_synth", "(c) (b) + synthetic images"),
+    "d": ("d_dermae", "(d) DerMAE student"),
+    "e": ("e_no_mae", "(e) KD, teacher without MAE"),
+    "f": ("f_no_synth_pretrain", "(f) KD, teacher pre-trained without synthetics"),
+}
+TEACHERS = {
+    "teacher": ("teacher/model", "MAE ViT teacher"),
+    "teacher_ensemble": (f"{ENSEMBLE_DIR}/model", "DerMAE teacher (ensemble)"),
+}
+LABELS = {key: label for key, label in VARIANTS.values()} | {
+    name: label for name, (_, label) in TEACHERS.items()
+}
+SIMPLE_FIXES = ("weighted_ce", "balanced_sampler")
+REFERENCE = "b_simple_fix"
 
 
-def _student_recipe(cfg: Config, loss: str) -> BaselineConfig:
-    """The student's architecture and budget, trained without a teacher."""
+def student_recipe(cfg: Config, loss: str) -> BaselineConfig:
+    """The student's architecture, augmentation and budget, trained without a teacher."""
     return BaselineConfig(
         model=cfg.distill.model,
         loss=loss,
-        augment=True,
-        drop_rate=cfg.baseline.drop_rate,
+        augment=cfg.distill.augment,
+        drop_rate=cfg.distill.drop_rate,
         train=cfg.distill.train,
     )
 
 
-def _simple_fix_loss(cfg: Config) -> str:
-    return cfg.baseline.loss if cfg.baseline.loss != "ce" else "weighted_ce"
+def _has_model(folder: Path) -> bool:
+    return (folder / "model.safetensors").exists()
 
 
-def _variant_models(cfg: Config, run_dir: Path, resume: bool) -> dict[str, Path]:
+def _val_score(model_dir: Path) -> float:
+    best = load_config_json(model_dir).get("best") or {}
+    return float(best.get("score", float("-inf")))
+
+
+def _simple_fix(cfg: Config, run_dir: Path, resume: bool) -> tuple[Path, dict[str, Any]]:
+    """(b): reuse the pipeline's baseline when it is the same recipe; `auto` picks on val."""
+    choice = cfg.ablate.simple_fix
+    if choice not in (*SIMPLE_FIXES, "auto"):
+        raise ValueError(
+            f"ablate.simple_fix must be one of {(*SIMPLE_FIXES, 'auto')}, got '{choice}'"
+        )
+    candidates = SIMPLE_FIXES if choice == "auto" else (choice,)
+    trained: dict[str, Path] = {}
+    for loss in candidates:
+        recipe = student_recipe(cfg, loss)
+        if recipe == cfg.baseline and _has_model(run_dir / "baseline/model"):
+            trained[loss] = run_dir / "baseline/model"  # same recipe: reuse, don't retrain
+        else:
+            trained[loss] = train_baseline(cfg, run_dir, f"ablate/b_{loss}", recipe, resume=resume)
+    scores = {loss: _val_score(path) for loss, path in trained.items()}
+    best = max(scores, key=scores.get)
+    return trained[best], {"loss": best, "val_balanced_accuracy": scores}
+
+
+def _kd_teachers(cfg: Config, teacher_stage: str) -> list[str]:
+    """`distill.teachers` with the MAE teacher swapped for another one (variants e, f)."""
+    swapped = [teacher_stage if t == "teacher" else t for t in cfg.distill.teachers]
+    if swapped == list(cfg.distill.teachers):
+        raise ValueError(
+            "distill.teachers holds no 'teacher' entry, so variants (e)/(f) have no MAE teacher "
+            "to replace: drop them from ablate.variants"
+        )
+    return swapped
+
+
+def _variant_models(
+    cfg: Config, run_dir: Path, resume: bool
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    variants = list(cfg.ablate.variants)
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"ablate.variants: unknown {unknown}; choose from {sorted(VARIANTS)}")
     models: dict[str, Path] = {}
-    plain = _student_recipe(cfg, "ce")
-    models["a_real_ce"] = train_baseline(cfg, run_dir, "ablate/a_real_ce", plain, resume=resume)
-    simple = _student_recipe(cfg, _simple_fix_loss(cfg))
-    if simple == cfg.baseline and (run_dir / "baseline/model/model.safetensors").exists():
-        models["b_real_balanced"] = run_dir / "baseline/model"  # same recipe: reuse, don't retrain
-    else:
-        models["b_real_balanced"] = train_baseline(
-            cfg, run_dir, "ablate/b_real_balanced", simple, resume=resume
+    notes: dict[str, Any] = {}
+    b_dir, notes["simple_fix"] = _simple_fix(cfg, run_dir, resume)
+    simple_loss = notes["simple_fix"]["loss"]
+    has_synth = bool(load_prepared(run_dir).manifest["source"].eq("synthetic").sum())
+    if "a" in variants:
+        models["a_real_ce"] = train_baseline(
+            cfg, run_dir, "ablate/a_real_ce", student_recipe(cfg, "ce"), resume=resume
         )
-    synth_rows = load_prepared(run_dir).manifest["source"].eq("synthetic").sum()
-    if synth_rows:
-        models["c_real_synth"] = train_baseline(
-            cfg, run_dir, "ablate/c_real_synth", plain, include_synthetic=True, resume=resume
+    models[REFERENCE] = b_dir
+    if "c" in variants:
+        if has_synth and cfg.distill.synthetic_ratio > 0:
+            models["c_real_synth"] = train_baseline(
+                cfg,
+                run_dir,
+                "ablate/c_real_synth",
+                student_recipe(cfg, simple_loss),
+                synthetic_ratio=cfg.distill.synthetic_ratio,
+                resume=resume,
+            )
+        else:
+            notes["c_real_synth"] = "skipped: no synthetic images (or distill.synthetic_ratio=0)"
+    if "d" in variants and _has_model(run_dir / "student/model"):
+        models["d_dermae"] = run_dir / "student/model"
+    if "e" in variants:
+        scratch = dataclasses.replace(
+            cfg, finetune=dataclasses.replace(cfg.finetune, init="scratch")
         )
-    for name, folder in (("d_dermae", "student/model"), ("teacher", "teacher/model")):
-        if (run_dir / folder / "model.safetensors").exists():
+        finetune(scratch, run_dir, resume=resume, stage="ablate/e_teacher")
+        models["e_no_mae"] = distill(
+            cfg,
+            run_dir,
+            stage="ablate/e_no_mae",
+            teachers=_kd_teachers(cfg, "ablate/e_teacher"),
+            resume=resume,
+        )
+    if "f" in variants:
+        if has_synth and cfg.pretrain.synthetic_ratio > 0:
+            real_only = dataclasses.replace(
+                cfg, pretrain=dataclasses.replace(cfg.pretrain, synthetic_ratio=0.0)
+            )
+            pretrain(real_only, run_dir, resume=resume, stage="ablate/f_pretrain")
+            encoder = run_dir / "ablate/f_pretrain" / ENCODER_DIR
+            finetune(cfg, run_dir, resume=resume, stage="ablate/f_teacher", encoder=encoder)
+            models["f_no_synth_pretrain"] = distill(
+                cfg,
+                run_dir,
+                stage="ablate/f_no_synth_pretrain",
+                teachers=_kd_teachers(cfg, "ablate/f_teacher"),
+                resume=resume,
+            )
+        else:
+            notes["f_no_synth_pretrain"] = "skipped: the MAE teacher saw no synthetic images"
+    for name, (folder, _) in TEACHERS.items():
+        if _has_model(run_dir / folder):
             models[name] = run_dir / folder
-    return models
+    notes["like_for_like"] = _recipe_differences(cfg, simple_loss)
+    return models, notes
+
+
+def _recipe_differences(cfg: Config, simple_loss: str) -> list[str]:
+    """What the DerMAE student (d) does differently from (b) besides the teacher and synthetics."""
+    differences = []
+    if cfg.distill.loss != simple_loss:
+        differences.append(
+            f"distill.loss={cfg.distill.loss} but (b) uses {simple_loss}: set distill.loss to "
+            "the simple fix for a like-for-like comparison"
+        )
+    return differences
+
+
+def roc_sensitivity_at(specificity: float, malignant_index: list[int]):
+    """metric_fn part: sensitivity at the test-ROC point that first reaches `specificity`."""
+
+    def metric(y_true: np.ndarray, probs: np.ndarray) -> float | None:
+        risk = probs[:, malignant_index].sum(axis=1)
+        positive = np.isin(y_true, malignant_index)
+        if positive.all() or not positive.any():
+            return None
+        cut = np.quantile(risk[~positive], specificity, method="higher")
+        return float((risk[positive] > cut).mean())
+
+    return metric
 
 
 def _probs(predictions: pd.DataFrame) -> np.ndarray:
     return predictions[[c for c in predictions.columns if c.startswith("p_")]].to_numpy()
 
 
+def paired_against_reference(
+    predictions: dict[str, pd.DataFrame],
+    malignant_index: list[int],
+    ece_bins: int,
+    resamples: int,
+    seed: int,
+) -> dict[str, dict[str, Any]]:
+    """`name - b` for every other model, on the same images and the same lesion resamples."""
+    reference = predictions[REFERENCE]
+    base_fn = scalar_metric_fn(
+        malignant_index, None, ece_bins, required_classes=np.unique(reference["target"])
+    )
+    roc_sens = roc_sensitivity_at(0.90, malignant_index)
+
+    def metric_fn(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
+        return {**base_fn(y, p), ROC_SENSITIVITY: roc_sens(y, p)}
+
+    comparisons = {}
+    for name, frame in predictions.items():
+        if name == REFERENCE:
+            continue
+        if list(frame["image_id"]) != list(reference["image_id"]):
+            raise RuntimeError(f"{name} and {REFERENCE} were scored on different images")
+        comparisons[f"{name} - {REFERENCE}"] = paired_bootstrap(
+            metric_fn,
+            reference["target"].to_numpy(),
+            _probs(reference),
+            _probs(frame),
+            reference["group_id"].to_numpy(),
+            n=resamples,
+            seed=seed,
+        )
+    return comparisons
+
+
+def verdict(comparisons: dict[str, dict[str, Any]], metric: str = "balanced_accuracy") -> str:
+    """One line per model: better, worse or not distinguishable from (b), by the paired CI."""
+    lines = []
+    for name, diffs in comparisons.items():
+        entry = diffs.get(metric) or {}
+        lo, hi = entry.get("ci") or (None, None)
+        if entry.get("diff") is None or lo is None:
+            lines.append(f"- {name}: {metric} difference undefined")
+            continue
+        if lo > 0:
+            word = "better than (b)"
+        elif hi < 0:
+            word = "worse than (b)"
+        else:
+            word = "not distinguishable from (b)"
+        lines.append(f"- {name}: {entry['diff']:+.3f} ({lo:+.3f} to {hi:+.3f}), {word}")
+    return "\n".join(lines)
+
+
 def ablate(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
     run_dir = Path(run_dir)
     out = run_dir / "ablate"
     prepared = load_prepared(run_dir, with_synthetic=False)
-    models = _variant_models(cfg, run_dir, resume)
+    models, notes = _variant_models(cfg, run_dir, resume)
     results: dict[str, dict[str, Any]] = {}
     predictions: dict[str, pd.DataFrame] = {}
     for name, model_dir in models.items():
@@ -96,54 +287,53 @@ def ablate(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
             model_dir, prepared, cfg.evaluate.split, out / "eval" / name, cfg.evaluate, cfg.seed
         )
         predictions[name] = pd.read_csv(out / "eval" / name / "predictions.csv")
-
-    comparisons: dict[str, Any] = {}
-    if "d_dermae" in predictions:
-        d = predictions["d_dermae"]
-        for base in ("a_real_ce", "b_real_balanced"):
-            other = predictions[base]
-            if list(other["image_id"]) != list(d["image_id"]):
-                raise RuntimeError(f"{base} and d_dermae were scored on different images")
-            # Threshold-free metrics only: each model has its own validation thresholds, so a
-            # paired operating-point difference would mix two thresholds.
-            fn = scalar_metric_fn(prepared.malignant_index, None, cfg.evaluate.ece_bins)
-            comparisons[f"d_dermae - {base}"] = paired_bootstrap(
-                fn,
-                d["target"].to_numpy(),
-                _probs(other),
-                _probs(d),
-                d["group_id"].to_numpy(),
-                n=cfg.evaluate.bootstrap,
-                seed=cfg.seed,
-            )
-
+    comparisons = paired_against_reference(
+        predictions,
+        prepared.malignant_index,
+        cfg.evaluate.ece_bins,
+        cfg.evaluate.bootstrap,
+        cfg.seed,
+    )
     table = metrics_table(
-        {VARIANTS[k]: r["scalars"] for k, r in results.items()},
-        {VARIANTS[k]: r["ci95"] for k, r in results.items()},
+        {LABELS[k]: r["scalars"] for k, r in results.items()},
+        {LABELS[k]: r["ci95"] for k, r in results.items()},
         HEADLINE,
     )
     summary = {
         "split": cfg.evaluate.split,
         "student_arch": cfg.distill.model,
         "budget": dataclasses.asdict(cfg.distill.train),
+        "reference": REFERENCE,
         "models": {k: str(v) for k, v in models.items()},
+        "notes": notes,
+        "verdict": verdict(comparisons),
         "results": {k: {"scalars": r["scalars"], "ci95": r["ci95"]} for k, r in results.items()},
         "paired_bootstrap": comparisons,
         "table": table,
     }
     (out / "ablation.json").write_text(json.dumps(summary, indent=2))
-    (out / "ablation.md").write_text(ablation_markdown(table, comparisons))
+    (out / "ablation.md").write_text(ablation_markdown(summary))
     print((out / "ablation.md").read_text())
     return out / "ablation.json"
 
 
-def ablation_markdown(table: list[dict[str, str]], comparisons: dict[str, Any]) -> str:
+def ablation_markdown(summary: dict[str, Any]) -> str:
+    """Verdict first, then the table, then every paired difference against (b)."""
+    lines = [
+        "Verdict: each model minus (b), balanced accuracy, paired lesion bootstrap (95% CI):",
+        "",
+        summary["verdict"],
+        "",
+    ]
+    differences = summary["notes"].get("like_for_like") or []
+    lines += [f"Not like for like: {d}" for d in differences]
+    table = summary["table"]
     columns = list(table[0]) if table else []
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in table]
-    for name, diffs in comparisons.items():
+    for name, diffs in summary["paired_bootstrap"].items():
         lines += ["", f"Paired bootstrap, {name} (difference and 95% CI):", ""]
-        for key, label in HEADLINE.items():
+        for key, label in PAIRED.items():
             if key not in diffs or diffs[key]["diff"] is None:
                 continue
             lo, hi = diffs[key]["ci"]
@@ -152,6 +342,6 @@ def ablation_markdown(table: list[dict[str, str]], comparisons: dict[str, Any]) 
             better = 1 - higher if key == "ece" else higher  # ECE: lower is better
             lines.append(
                 f"- {label}: {diffs[key]['diff']:+.3f} ({ci}); "
-                f"share of resamples where (d) is better = {better:.2f}"
+                f"share of resamples where it beats (b) = {better:.2f}"
             )
     return "\n".join(lines) + "\n"

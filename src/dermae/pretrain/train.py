@@ -81,10 +81,15 @@ def save_reconstruction_grid(
     return path
 
 
-def pretrain(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
-    """MAE pre-training; returns the encoder checkpoint folder `<run_dir>/pretrain/encoder`."""
+def pretrain(
+    cfg: Config, run_dir: str | Path, resume: bool = True, stage: str = PRETRAIN_DIR
+) -> Path:
+    """MAE pre-training; returns the encoder checkpoint folder `<run_dir>/<stage>/encoder`.
+
+    `stage` lets the ablation pre-train another encoder (e.g. without synthetic images).
+    """
     run_dir = Path(run_dir)
-    out_dir = run_dir / PRETRAIN_DIR
+    out_dir = run_dir / stage
     mcfg = cfg.pretrain
     prepared = load_prepared(
         run_dir, with_synthetic=cfg.data.include_synthetic and mcfg.synthetic_ratio > 0
@@ -107,7 +112,7 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
     )
     mae: MaskedAutoencoder = result.model  # EMA weights when train.ema_decay > 0
 
-    path = save_model(encoder_dir(run_dir), mae.encoder.cpu(), mae.encoder_config())
+    path = save_model(out_dir / ENCODER_DIR, mae.encoder.cpu(), mae.encoder_config())
     val_rows = prepared.rows("val")
     if len(val_rows) and mcfg.grid_images > 0:
         val_set = prepared.dataset(val_rows.head(mcfg.grid_images))

@@ -31,7 +31,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from dermae.classify.model import Classifier, load_classifier
 from dermae.config import Config
-from dermae.data.prepared import load_prepared
+from dermae.data.prepared import ACCEPTED_FILE, load_prepared
 from dermae.synth.common import (
     MALIGNANT_NAMES,
     class_of_rows,
@@ -207,6 +207,53 @@ def _fidelity(
     raise ValueError(f"classifier classes {classifier_names} cannot judge classes {set(targets)}")
 
 
+def write_filter(
+    kind: str, data_root: Path, table: pd.DataFrame, fidelity: np.ndarray | None
+) -> dict:
+    """Keep synthetic images recognised as their class and not near-copies (`classifier`).
+
+    Writes `data/synthetic/accepted.csv`, which `load_prepared` applies for every later stage;
+    `none` removes it. Returns the acceptance rates for synth_quality.json.
+    """
+    path = data_root / "synthetic" / ACCEPTED_FILE
+    if kind == "none":
+        path.unlink(missing_ok=True)
+        return {"kind": "none"}
+    if kind != "classifier":
+        raise ValueError(f"sample.filter must be 'none' or 'classifier', got '{kind}'")
+    if fidelity is None:
+        raise ValueError("sample.filter=classifier needs the real-trained baseline classifier")
+    near_copy = table["near_copy_feature"].to_numpy() | table["near_copy_pixel"].to_numpy()
+    verdicts = pd.DataFrame(
+        {
+            "image_id": table["image_id"],
+            "class": table["class"],
+            "recognised": fidelity,
+            "near_copy": near_copy,
+            "accepted": fidelity & ~near_copy,
+        }
+    )
+    tmp = path.with_name(path.name + ".tmp")
+    verdicts.to_csv(tmp, index=False)
+    tmp.replace(path)  # atomic: a killed run never leaves a half-written verdict file
+    per_class = verdicts.groupby("class")["accepted"].agg(["sum", "count"])
+    return {
+        "kind": "classifier",
+        "rule": "baseline argmax == conditioning class, and no near-copy in either space",
+        "accepted": int(verdicts["accepted"].sum()),
+        "total": len(verdicts),
+        "acceptance_rate": float(verdicts["accepted"].mean()) if len(verdicts) else None,
+        "per_class": {
+            c: {
+                "accepted": int(r["sum"]),
+                "total": int(r["count"]),
+                "rate": float(r["sum"] / r["count"]),
+            }
+            for c, r in per_class.iterrows()
+        },
+    }
+
+
 def _pairs_png(
     synth: np.ndarray, real: np.ndarray, order: np.ndarray, path: Path, n: int = 16
 ) -> None:
@@ -259,7 +306,7 @@ def evaluate_synthetic(
     features = feature_extractor or ClassifierFeatures(classifier)
     features = features.to(device).eval()
 
-    data = load_prepared(run_dir, with_synthetic=True)
+    data = load_prepared(run_dir, with_synthetic=True, filtered=False)
     if "synthetic" not in data.arrays:
         raise FileNotFoundError(
             f"{data.root / 'synthetic'} holds no synthetic images: run `dermae synth sample` first"
@@ -331,6 +378,7 @@ def evaluate_synthetic(
         )
     report["memorisation"] = memo
     table.to_csv(synth_dir(run_dir) / "memorisation.csv", index=False)
+    report["filter"] = write_filter(cfg.sample.filter, data.root, table, fidelity)
 
     for c in classes:
         fake_m = synth_class == c

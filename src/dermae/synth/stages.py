@@ -5,18 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from dermae.config import Config
-from dermae.data.prepared import data_dir
+from dermae.data.prepared import ACCEPTED_FILE, data_dir
 from dermae.synth.quality import evaluate_synthetic
 from dermae.synth.sample import sample_balanced
 
 
 def sample_stage(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
     """Balance the train split; a changed config (resume=False) regenerates from scratch."""
+    # New images void the filter's verdicts: `dermae synth evaluate` writes them again.
+    (data_dir(run_dir) / "synthetic" / ACCEPTED_FILE).unlink(missing_ok=True)
     sample_balanced(cfg, run_dir, overwrite=not resume)
     return data_dir(run_dir) / "synthetic" / "manifest.csv"
 
 
 def quality_stage(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
-    """FID/KID, class fidelity and near-copies, judged by the run's baseline classifier."""
+    """FID/KID, class fidelity and near-copies, judged by the run's baseline classifier;
+    with sample.filter=classifier, also which synthetic images later stages may use."""
     evaluate_synthetic(cfg, run_dir)
     return Path(run_dir) / "synth" / "synth_quality.json"
