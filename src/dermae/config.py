@@ -57,7 +57,9 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     min_lr_ratio: float = 0.01
-    weight_decay: float = 0.05
+    opt: str = "adamw"  # any timm optimizer name (create_optimizer_v2)
+    betas: tuple[float, ...] = (0.9, 0.999)  # for optimizers that take betas
+    weight_decay: float = 0.05  # not on biases, norms, pos_embed/cls_token (timm's no_weight_decay)
     warmup_steps: int = 0
     grad_accum: int = 1
     clip_grad: float = 1.0
@@ -66,7 +68,7 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0  # steps; 0 = at the end of every epoch
     ckpt_every: int = 0  # steps; 0 = at the end of every epoch
-    seed: int = 0
+    seed: int | None = None  # None: the top-level `seed` (set it here to override one stage)
 
 
 @dataclass(frozen=True)
@@ -117,9 +119,13 @@ class SampleConfig:
     guidance: float = 3.0
     scheduler: str = "ddim"  # ddim | dpm
     batch_size: int = 64
-    seed: int = 0
+    seed: int | None = None  # None: the top-level `seed`
     mixed_precision: str = "no"  # no | bf16: autocast while sampling
     grid_per_class: int = 8  # images per row of the per-class sample grids
+    # classifier: keep only synthetic images that the real-trained baseline classifies as
+    # their class and that are no near-copy of a train image (`dermae synth evaluate`
+    # decides; later stages read only accepted rows). none: keep every image.
+    filter: str = "none"
 
 
 @dataclass(frozen=True)
@@ -134,7 +140,10 @@ class MAEConfig:
     augment: bool = True  # random resized crop + flips
     min_crop_scale: float = 0.3  # smallest crop area fraction of the random resized crop
     grid_images: int = 8  # validation images in pretrain/reconstructions.png (viewing only)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=1.5e-3))
+    # betas (0.9, 0.95): the MAE recipe's (He et al. 2022), steadier with heavy masking.
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=2, lr=1.5e-3, betas=(0.9, 0.95))
+    )
 
 
 @dataclass(frozen=True)
@@ -176,12 +185,32 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class AblateConfig:
+    """Which like-for-like variants `dermae ablate` trains (see dermae.evaluate.ablation)."""
+
+    variants: tuple[str, ...] = ("a", "b", "c", "d")  # any of a b c d e f
+    # The simple fix (b): weighted_ce | balanced_sampler | auto (train both, keep the better
+    # one on validation). The DerMAE student (d) should use the same (distill.loss).
+    simple_fix: str = "weighted_ce"
+
+
+@dataclass(frozen=True)
+class ExternalSetConfig:
+    """An external labelled set scored by the evaluate stage (never trained or tuned on)."""
+
+    name: str = ""  # folder name of its results, and its label in the report
+    path: str = ""  # a dataset folder or labels CSV
+    layout: str = "auto"  # auto | ham10000 | isic | folders
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     split: str = "test"
     bootstrap: int = 1000
     specificities: tuple[float, ...] = (0.90, 0.95)
     ece_bins: int = 15
     batch_size: int = 128
+    external: tuple[ExternalSetConfig, ...] = ()  # [{name, path, layout?}, ...]
 
 
 @dataclass(frozen=True)
@@ -203,7 +232,8 @@ class ExportConfig:
 @dataclass(frozen=True)
 class Config:
     run_dir: str = "runs/demo"
-    seed: int = 0
+    seed: int = 0  # every stage's seed unless the stage sets its own (data.split_seed excepted)
+    threads: int = 0  # torch CPU threads; 0 = DERMAE_THREADS, else what the process may use
     data: DataConfig = field(default_factory=DataConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
@@ -213,7 +243,27 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+    ablate: AblateConfig = field(default_factory=AblateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+
+    def __post_init__(self) -> None:
+        # Stage seeds left at None follow the top-level seed, so `--set seed=1` reseeds all.
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            changes: dict[str, Any] = {}
+            train = getattr(section, "train", None)
+            if isinstance(train, TrainConfig) and train.seed is None:
+                changes["train"] = dataclasses.replace(train, seed=self.seed)
+            if isinstance(section, SampleConfig) and section.seed is None:
+                changes["seed"] = self.seed
+            if changes:
+                object.__setattr__(self, f.name, dataclasses.replace(section, **changes))
+
+
+def _field_default(cls: type, name: str) -> Any:
+    """A field's own default, without building (and post-processing) the whole `cls`."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 # ----------------------------------------------------------------------------- building
@@ -264,7 +314,7 @@ def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
         )
     kwargs = {}
     for name, value in values.items():
-        default = getattr(cls(), name) if dataclasses.is_dataclass(hints[name]) else None
+        default = _field_default(cls, name) if dataclasses.is_dataclass(hints[name]) else None
         if default is not None and isinstance(value, dict):
             # Merge into the stage's own defaults rather than the bare dataclass defaults.
             value = {**dataclasses.asdict(default), **value}
@@ -496,9 +546,11 @@ def validate_config(cfg: Config) -> None:
             f"config key 'run_dir': the name '{long[0][:40]}...' is {len(long[0].encode())} "
             f"bytes long, more than the {MAX_NAME_LENGTH} a file system allows; use a shorter one"
         )
-    if Path(cfg.run_dir).exists() and not Path(cfg.run_dir).is_dir():
+    run_dir = Path(cfg.run_dir)
+    blocker = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
         raise ConfigError(
-            f"config key 'run_dir': {cfg.run_dir} is a file, not a folder; remove it or set "
-            "run_dir (--run-dir) to a folder"
+            f"config key 'run_dir': {blocker} is a file, not a folder, so {run_dir} cannot be "
+            "a run folder; remove the file or set run_dir (--run-dir) to another folder"
         )
     _check_model_names(cfg)
