@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Callable
@@ -18,6 +19,32 @@ def _lazy(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: use 1-65535 (e.g. 8000)")
+    return port
+
+
+def _file_on_path(path: Path) -> Path | None:
+    """The first existing non-folder on the way to `path` (excluding `path` itself)."""
+    return next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
+
+
+def _out_path(text: str) -> Path:
+    """An output path that can be created: no file in the way, no over-long name."""
+    path = Path(text)
+    blocker = _file_on_path(path)
+    if blocker is not None:
+        raise argparse.ArgumentTypeError(f"{blocker} is a file, so {path} cannot be created")
+    if any(len(part.encode()) > 255 for part in path.parts):
+        raise argparse.ArgumentTypeError(f"a name in {text[:60]}... is over 255 bytes")
+    return path
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="YAML config (configs/demo.yaml, ...)")
     p.add_argument(
@@ -27,7 +54,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set baseline.train.lr=1e-3 (repeatable)",
     )
-    p.add_argument("--run-dir", help="override run_dir")
+    p.add_argument("--run-dir", type=_out_path, help="override run_dir")
     p.add_argument("--no-resume", action="store_true", help="start training stages afresh")
 
 
@@ -99,26 +126,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="classifier folder (default: the run's student)")
     p.add_argument("--split", help="train | val | test (default: evaluate.split)")
     p.add_argument("--data", type=Path, help="an external labelled set in a supported layout")
-    p.add_argument("--out", type=Path, help="output folder")
+    p.add_argument("--out", type=_out_path, help="output folder")
     p.set_defaults(handler=_evaluate)
 
     p = sub.add_parser("export", help="ONNX (+ int8) export with parity checks and a model card")
     _config_args(p)
     p.add_argument("--model", type=Path, help="classifier folder (default: the run's student)")
-    p.add_argument("--out", type=Path, help="export folder (default: <run_dir>/export)")
+    p.add_argument("--out", type=_out_path, help="export folder (default: <run_dir>/export)")
     p.set_defaults(handler=_export)
 
-    p = sub.add_parser("predict", help="class probabilities and malignant risk for images")
+    p = sub.add_parser(
+        "predict",
+        help="class probabilities and malignant risk for images",
+        description="Class probabilities and malignant risk for images.",
+        epilog="exit status: 0 every input predicted; 1 some inputs failed (listed with their "
+        "error), the others predicted; 2 nothing predicted (no inputs found, every input "
+        "failed) or a usage error",
+    )
     p.add_argument("inputs", nargs="+", help="images, folders, or CSV files of paths")
     p.add_argument("--model", required=True, type=Path, help="export folder or classifier folder")
     p.add_argument("--format", default="table", choices=["table", "json", "csv"])
-    p.add_argument("--out", type=Path, help="write the result here")
+    p.add_argument("--out", type=_out_path, help="write the result here")
     p.set_defaults(handler=_predict)
 
     p = sub.add_parser("serve", help="web service and page for an exported model")
     p.add_argument("--model", required=True, type=Path, help="export folder")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
+    p.add_argument(
+        "--docs",
+        action="store_true",
+        help="also serve /docs and /redoc (their scripts load from a CDN, so off by default)",
+    )
     p.set_defaults(handler=_serve)
     return parser
 
@@ -161,25 +200,58 @@ def _export(args: argparse.Namespace) -> Any:
 
 
 def _predict(args: argparse.Namespace) -> Any:
-    return _lazy("dermae.deploy.predictor:run_predict")(
+    return _lazy("dermae.deploy.predictor:predict_command")(
         args.inputs, args.model, out=args.out, fmt=args.format
     )
 
 
 def _serve(args: argparse.Namespace) -> Any:
-    return _lazy("dermae.deploy.server:serve")(args.model, host=args.host, port=args.port)
+    return _lazy("dermae.deploy.server:serve")(
+        args.model, host=args.host, port=args.port, docs=args.docs
+    )
+
+
+# What to do about file-system errors, by errno.
+_ELSEWHERE = "or set run_dir (--run-dir) / --out to a folder you can write"
+OS_ERROR_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space, or set run_dir / --out on another disk",
+    errno.EACCES: f"make it writable, {_ELSEWHERE}",
+    errno.EPERM: f"make it writable, {_ELSEWHERE}",
+    errno.EROFS: f"the file system is read-only: {_ELSEWHERE}",
+    errno.ENAMETOOLONG: "a name on this path is over 255 bytes: use a shorter one",
+    errno.EISDIR: "a folder is where a file was expected: choose a file path",
+    errno.ENOENT: "check the path",
+}
+
+
+def _os_error_text(err: OSError) -> str:
+    """One line: the path, what went wrong, and what to do."""
+    if err.errno is None:
+        return str(err)  # raised with a message of its own
+    path = Path(err.filename) if err.filename else None
+    hint = OS_ERROR_HINTS.get(err.errno, "check the path and its permissions")
+    if err.errno in (errno.ENOTDIR, errno.EEXIST) and path is not None:
+        blocker = path if path.is_file() else _file_on_path(path)
+        if blocker is not None:
+            hint = f"{blocker} is a file, not a folder: remove it, or choose another path"
+    return f"{path}: {err.strerror} ({hint})" if path else f"{err.strerror} ({hint})"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.handler(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        # Expected user errors get one clear line, not a traceback.
+    except (ConfigError, ValueError) as err:
+        # Expected user errors (config keys, data rows) get one clear line, not a traceback.
         print(f"dermae: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"dermae: error: {_os_error_text(err)}", file=sys.stderr)
         return 2
     if isinstance(result, Path):
         print(f"dermae: wrote {result}")
+    if isinstance(result, int) and not isinstance(result, bool):
+        return result  # a command's own exit status (predict: EXIT_CODES)
     return 0
 
 

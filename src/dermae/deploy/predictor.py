@@ -5,8 +5,9 @@
     results = predictor.predict_paths(["a.jpg", "folder/", "list.csv"])
 
 Both give the same probabilities (within 1e-4). Files that cannot be used (missing,
-not an image, truncated, decompression bomb) get a result with ok=False and an error
-message; the other files are still predicted.
+not an image, truncated, decompression bomb, too small) get a result with ok=False and an
+error message; the other files are still predicted. `dermae predict` exits with
+`exit_code(results)`: 0 all predicted, 1 some failed, 2 none predicted (see EXIT_CODES).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from PIL import Image
 from dermae.deploy.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
+    MIN_IMAGE_SIDE,
     ImageError,
+    check_min_side,
     load_image,
     preprocess_image,
 )
@@ -33,6 +36,11 @@ from dermae.deploy.spec import load_spec, malignant_risk
 
 CSV_PATH_COLUMNS = ("path", "file", "filepath", "image_path", "image")
 FORMATS = ("table", "json", "csv")
+EXIT_CODES = {
+    0: "every input was predicted",
+    1: "some inputs failed (listed with their error); the others were predicted",
+    2: "nothing was predicted: no inputs found, every input failed, or a usage error",
+}
 
 
 class Predictor:
@@ -46,6 +54,7 @@ class Predictor:
         threads: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         batch_size: int = 32,
+        min_side: int = MIN_IMAGE_SIDE,
     ):
         self.model_dir = Path(model_dir)
         self.spec = load_spec(self.model_dir)
@@ -55,6 +64,7 @@ class Predictor:
             raise ValueError(f"backend must be 'auto', 'onnx' or 'torch', got '{backend}'")
         self.backend = backend
         self.max_pixels = max_pixels
+        self.min_side = min_side
         self.batch_size = batch_size
         if backend == "onnx":
             from dermae.deploy.runtime import make_session
@@ -121,7 +131,7 @@ class Predictor:
 
     def load(self, source: str | Path | bytes, name: str | None = None) -> np.ndarray:
         """A file or bytes -> float32 [3, S, S] in [0, 1]; raises ImageError if unusable."""
-        return load_image(source, self.image_size, self.max_pixels, name=name)
+        return load_image(source, self.image_size, self.max_pixels, name, self.min_side)
 
     def result(self, name: str, probs: np.ndarray) -> dict[str, Any]:
         risk = float(malignant_risk(probs[None], self.malignant_index)[0])
@@ -146,6 +156,7 @@ class Predictor:
     def predict_image(self, source: str | Path | bytes | Image.Image, name: str = "image") -> dict:
         """One image (path, bytes or PIL image) -> result dict; raises ImageError if unusable."""
         if isinstance(source, Image.Image):
+            check_min_side(source.size, self.min_side, name)
             array = preprocess_image(source, self.image_size)
         else:
             array = self.load(source, name)
@@ -182,7 +193,8 @@ class Predictor:
 
 
 def _paths_from_csv(path: Path) -> list[Path]:
-    with path.open(newline="") as f:
+    # utf-8-sig: Excel writes a byte-order mark, which would otherwise hide the header name.
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
@@ -284,6 +296,12 @@ def run_predict(
         raise ValueError(f"format must be one of {FORMATS}, got '{fmt}'")
     predictor = Predictor(model_dir, backend=backend, model_file=model_file)
     results = predictor.predict_paths(inputs)
+    if not results:
+        named = ", ".join(str(i) for i in ([inputs] if isinstance(inputs, str | Path) else inputs))
+        raise ValueError(
+            f"no images to predict in {named}: the CSV has no rows or the folder no images "
+            f"({', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     buffer = io.StringIO()
     if fmt == "table":
         buffer.write(format_table(results))
@@ -299,10 +317,35 @@ def run_predict(
     return results
 
 
+def exit_code(results: Sequence[dict[str, Any]]) -> int:
+    """The `dermae predict` exit status for these results (EXIT_CODES)."""
+    failed = sum(not r["ok"] for r in results)
+    if not results or failed == len(results):
+        return 2
+    return 1 if failed else 0
+
+
+def predict_command(
+    inputs: Sequence[str | Path], model_dir: str | Path, out: str | Path | None, fmt: str
+) -> int:
+    """`dermae predict`: run, write the results, then say on stderr what failed; exit code."""
+    results = run_predict(inputs, model_dir, out=out, fmt=fmt)
+    failed = [r for r in results if not r["ok"]]
+    if failed:
+        first = failed[0]["error"]
+        sys.stderr.write(
+            f"dermae: {len(failed)} of {len(results)} inputs failed (first: {first})\n"
+        )
+    return exit_code(results)
+
+
 __all__ = [
     "Predictor",
+    "EXIT_CODES",
     "collect_inputs",
+    "exit_code",
     "format_table",
+    "predict_command",
     "run_predict",
     "write_csv",
     "write_json",

@@ -3,27 +3,38 @@
     POST /predict   multipart/form-data with one image in the field "file" -> JSON result
     GET  /health    liveness + limits          GET /model   model card (JSON)
     GET  /          web page (static files shipped in the package, no CDN)
-    GET  /docs      OpenAPI UI (FastAPI default)
+    GET  /docs, /redoc   OpenAPI UIs, only with docs=True (`dermae serve --docs`): FastAPI
+                    loads their scripts from a CDN, which fails offline
 
 Uploads are read into memory with a hard byte limit and parsed there (Starlette's
 form parser spools files over 1 MB to disk; uploads are never written to disk here).
-The pixel count is checked from the image header before decoding. Decoding and
-inference run in a thread pool under a timeout. Every error is JSON
-{"error": <code>, "detail": <message>} with a matching status code:
+The pixel count is checked from the image header before decoding. Memory is bounded by
+`DecodeGate`: requests in flight and their declared bytes are capped on arrival, and
+decodes run at most `workers` at once and at most `max_pixels` decoded pixels together
+(one image of any allowed size always fits); a request that cannot get in is answered
+503 with Retry-After. Decoding and inference run in a thread pool under a timeout.
+Every response carries the page's security headers (CSP, nosniff, no-referrer). Every
+error is JSON {"error": <code>, "detail": <message>} with a matching status code:
 
-    400 malformed multipart body       408 upload not received within the timeout
+    400 malformed multipart body, or more than one file in the form (one image a request)
+    408 upload not received within the timeout
     413 upload over max_upload_bytes, or image over max_pixels (decompression bomb)
     415 request not multipart, part not an image type, image format not accepted
-    422 no "file" field, or the bytes are not a decodable image (truncated, corrupt)
+    422 no "file" field, the bytes are not a decodable image (truncated, corrupt), or the
+        image is smaller than MIN_IMAGE_SIDE on a side
+    503 server busy (too many requests or decodes in flight): retry after Retry-After s
     504 inference did not finish within timeout_s
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import json
 import time
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -40,7 +51,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dermae.deploy.card import CARD_JSON, NOTICE
-from dermae.deploy.images import DEFAULT_MAX_PIXELS, ImageError
+from dermae.deploy.images import DEFAULT_MAX_PIXELS, ImageError, inspect_image
 from dermae.deploy.predictor import Predictor
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -52,6 +63,7 @@ IMAGE_ERROR_STATUS = {
     "unsupported_format": 415,
     "not_an_image": 422,
     "truncated": 422,
+    "too_small": 422,
 }
 PAGE_HEADERS = {
     "Content-Security-Policy": (
@@ -61,16 +73,150 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+# /docs and /redoc (opt-in) run FastAPI's inline script and CDN assets; everything else is
+# as strict as the page.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
+    "font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com "
+    "https://cdn.redoc.ly; worker-src blob:; connect-src 'self'; frame-ancestors 'none'"
+)
+DOCS_PATHS = ("/docs", "/redoc")
+RETRY_AFTER_S = 1
+# Decodes above this many pixels hand their freed memory back to the OS at once (glibc
+# keeps freed heap otherwise: the issue measured ~1 GB kept after six 7000x7000 PNGs).
+TRIM_ABOVE_PIXELS = 4_000_000
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, error: str, detail: str):
+    def __init__(self, status: int, error: str, detail: str, headers: dict | None = None):
         super().__init__(detail)
         self.status, self.error, self.detail = status, error, detail
+        self.headers = headers
 
 
-def error_response(status: int, error: str, detail: Any) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status_code=status)
+def error_response(
+    status: int, error: str, detail: Any, headers: dict | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+def busy(detail: str) -> ApiError:
+    return ApiError(
+        503, "busy", f"{detail}; retry in {RETRY_AFTER_S} s", {"Retry-After": str(RETRY_AFTER_S)}
+    )
+
+
+class DecodeGate:
+    """Bounds what the server holds at once, so memory stays bounded under any load.
+
+    Requests: at most `max_requests` in flight and `max_bytes` of declared uploads (one is
+    always let in), else 503 at once. Decodes: at most `slots` at a time and `max_pixels`
+    decoded pixels together (one image always fits); others wait in arrival order, at most
+    `max_waiting` of them and up to their timeout, else 503. Used from the event loop only.
+    """
+
+    def __init__(
+        self, slots: int, max_pixels: int, max_waiting: int, max_requests: int, max_bytes: int
+    ):
+        self.slots, self.max_pixels, self.max_waiting = slots, max_pixels, max_waiting
+        self.max_requests, self.max_bytes = max_requests, max_bytes
+        self.requests = self.bytes = self.active = self.pixels = 0
+        self._waiters: deque[tuple[int, asyncio.Future]] = deque()
+
+    def describe(self) -> dict[str, int]:
+        return {
+            "decode_slots": self.slots,
+            "decode_pixels": self.max_pixels,
+            "max_waiting": self.max_waiting,
+            "max_requests": self.max_requests,
+            "max_inflight_bytes": self.max_bytes,
+        }
+
+    # ---- requests
+    def admit(self, nbytes: int) -> None:
+        if self.requests >= self.max_requests:
+            raise busy(f"server busy: {self.requests} requests in flight")
+        if self.requests and self.bytes + nbytes > self.max_bytes:
+            raise busy(f"server busy: {self.bytes:,} bytes of uploads in flight")
+        self.requests += 1
+        self.bytes += nbytes
+
+    def leave(self, nbytes: int) -> None:
+        self.requests -= 1
+        self.bytes -= nbytes
+
+    # ---- decodes
+    def _fits(self, pixels: int) -> bool:
+        return self.active < self.slots and (
+            self.active == 0 or self.pixels + pixels <= self.max_pixels
+        )
+
+    def _take(self, pixels: int) -> None:
+        self.active += 1
+        self.pixels += pixels
+
+    async def acquire(self, pixels: int, timeout_s: float) -> None:
+        if not self._waiters and self._fits(pixels):
+            self._take(pixels)
+            return
+        if len(self._waiters) >= self.max_waiting:
+            raise busy(f"server busy: {len(self._waiters)} images waiting to be decoded")
+        granted = asyncio.get_running_loop().create_future()
+        self._waiters.append((pixels, granted))
+        try:
+            await asyncio.wait_for(asyncio.shield(granted), max(timeout_s, 0.0))
+        except TimeoutError:
+            if granted.done():  # granted in the same instant: give it back
+                self.release(pixels)
+            else:
+                granted.cancel()
+            raise busy("server busy decoding other images") from None
+
+    def release(self, pixels: int) -> None:
+        self.active -= 1
+        self.pixels -= pixels
+        while self._waiters and (self._waiters[0][1].done() or self._fits(self._waiters[0][0])):
+            waiting, granted = self._waiters.popleft()
+            if not granted.done():  # cancelled ones timed out
+                self._take(waiting)
+                granted.set_result(None)
+
+
+def _malloc_trim() -> Callable[[], Any]:
+    """glibc's malloc_trim(0), or a no-op elsewhere."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: trim(0)
+
+
+release_memory = _malloc_trim()
+
+
+class SecurityHeaders:
+    """ASGI middleware: the page's security headers on every response, errors included."""
+
+    def __init__(self, app: Any, docs: bool):
+        self.app, self.docs = app, docs
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(PAGE_HEADERS)
+        if self.docs and scope["path"].startswith(DOCS_PATHS):
+            headers["Content-Security-Policy"] = DOCS_CSP
+        extra = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                names = {k for k, _ in extra}
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+                message = {**message, "headers": kept + extra}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 @dataclass
@@ -89,8 +235,8 @@ class Part:
         return value.decode("latin-1").lower()
 
 
-def parse_multipart(body: bytes, content_type: str) -> dict[str, Part]:
-    """In-memory multipart/form-data parse: field name -> first part with that name."""
+def parse_multipart(body: bytes | bytearray, content_type: str) -> list[Part]:
+    """In-memory multipart/form-data parse: the parts in order."""
     ctype, params = parse_options_header(content_type)
     if ctype != b"multipart/form-data":
         raise ApiError(
@@ -137,13 +283,26 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, Part]:
         parser.finalize()
     except FormParserError as err:
         raise ApiError(400, "bad_request", f"malformed multipart body: {err}") from None
-    fields: dict[str, Part] = {}
-    for part in parts:
-        fields.setdefault(part.disposition.get("name", ""), part)
-    return fields
+    return parts
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
+def file_part(parts: list[Part]) -> Part | None:
+    """The one image of the form; 400 when it carries more than one file (none are used:
+    answering for one of them would leave the others silently unanswered)."""
+    files = [
+        p for p in parts if p.disposition.get("name") == FILE_FIELD or "filename" in p.disposition
+    ]
+    if len(files) > 1:
+        raise ApiError(
+            400,
+            "too_many_files",
+            f"the form carries {len(files)} files; send one image per request in the field "
+            f"'{FILE_FIELD}' (for many images use `dermae predict` or one request each)",
+        )
+    return next((p for p in files if p.disposition.get("name") == FILE_FIELD), None)
+
+
+async def read_body(request: Request, max_bytes: int) -> bytearray:
     """The request body, refusing more than `max_bytes` (declared or actually sent)."""
     declared = request.headers.get("content-length")
     too_big = ApiError(
@@ -158,7 +317,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
         body += chunk
         if len(body) > max_bytes:
             raise too_big
-    return bytes(body)
+    return body  # not copied to bytes: uploads are large, the parser reads a bytearray
 
 
 def _static_dir() -> Path:
@@ -195,9 +354,11 @@ PREDICT_OPENAPI = {
     "responses": {
         str(code): {"description": text}
         for code, text in {
+            400: "malformed form, or more than one file",
             413: "upload or pixel count over the limit",
             415: "not multipart, or not an accepted image type",
-            422: "no file field, or not a decodable image",
+            422: "no file field, not a decodable image, or an image too small",
+            503: "busy: retry after the Retry-After header's seconds",
             504: "inference timed out",
         }.items()
     },
@@ -213,8 +374,15 @@ def create_app(
     model_file: str | None = None,
     workers: int = 2,
     threads: int | None = None,
+    docs: bool = False,
+    max_waiting: int = 128,
+    max_inflight_bytes: int | None = None,
 ) -> FastAPI:
-    """The API for one model folder (an export folder; backend="torch" for a checkpoint)."""
+    """The API for one model folder (an export folder; backend="torch" for a checkpoint).
+
+    `docs` serves /docs and /redoc (CDN assets). At most `workers` images decode at once,
+    together at most `max_pixels` pixels; `max_waiting` more wait; uploads in flight are
+    capped at `max_inflight_bytes` (default 3 x max_upload_bytes). Beyond that: 503."""
     model_dir = Path(model_dir)
     if backend == "onnx" and not any(model_dir.glob("*.onnx")):
         backend = "auto"  # a checkpoint folder given: serve it with PyTorch
@@ -222,6 +390,20 @@ def create_app(
         model_dir, backend=backend, model_file=model_file, threads=threads, max_pixels=max_pixels
     )
     card = _model_card(model_dir, predictor)
+    gate = DecodeGate(
+        slots=workers,
+        max_pixels=max_pixels,
+        max_waiting=max_waiting,
+        max_requests=max_waiting + workers,
+        max_bytes=max_inflight_bytes or 3 * max_upload_bytes,
+    )
+
+    def predict_job(data: bytes, name: str, pixels: int) -> dict[str, Any]:
+        try:
+            return predictor.predict_image(data, name)
+        finally:
+            if pixels > TRIM_ABOVE_PIXELS:
+                release_memory()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -236,8 +418,12 @@ def create_app(
         description=f"{NOTICE}\n\nModel: {predictor.spec.get('arch')} ({predictor.backend}).",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
     )
+    app.add_middleware(SecurityHeaders, docs=docs)
     app.state.predictor = predictor
+    app.state.gate = gate
     app.state.limits = {
         "max_upload_bytes": max_upload_bytes,
         "max_pixels": max_pixels,
@@ -246,7 +432,7 @@ def create_app(
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.error, exc.detail)
+        return error_response(exc.status, exc.error, exc.detail, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -269,6 +455,7 @@ def create_app(
             "model_file": predictor.model_file,
             "arch": predictor.spec.get("arch"),
             "limits": app.state.limits,
+            "concurrency": gate.describe(),
         }
 
     @app.get("/model")
@@ -281,11 +468,21 @@ def create_app(
         content_type = request.headers.get("content-type", "")
         if not content_type.lower().startswith("multipart/form-data"):
             parse_multipart(b"", content_type)  # raises the 415 with its message
+        declared = request.headers.get("content-length", "")
+        nbytes = min(int(declared), max_upload_bytes) if declared.isdigit() else max_upload_bytes
+        gate.admit(nbytes)
+        try:
+            return await handle(request, content_type, started)
+        finally:
+            gate.leave(nbytes)
+
+    async def handle(request: Request, content_type: str, started: float) -> dict[str, Any]:
         try:
             body = await asyncio.wait_for(read_body(request, max_upload_bytes), timeout_s)
         except TimeoutError:
             raise ApiError(408, "request_timeout", "upload not received in time") from None
-        part = parse_multipart(body, content_type).get(FILE_FIELD)
+        part = file_part(parse_multipart(body, content_type))
+        del body  # the part holds its own copy of the image bytes
         if part is None:
             raise ApiError(
                 422, "missing_file", f"no '{FILE_FIELD}' field in the form; attach the image there"
@@ -301,10 +498,22 @@ def create_app(
             )
         name = (part.disposition.get("filename") or "upload")[:200]
         data = bytes(part.data)
-        loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(app.state.executor, predictor.predict_image, data, name)
+        del part
         try:
-            result = await asyncio.wait_for(job, timeout_s)
+            _, (width, height) = inspect_image(data, max_pixels, name)  # header only
+        except ImageError as err:
+            raise ApiError(IMAGE_ERROR_STATUS.get(err.code, 422), err.code, str(err)) from None
+        pixels = width * height
+        deadline = started + timeout_s
+        await gate.acquire(pixels, deadline - time.perf_counter())
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(app.state.executor, predict_job, data, name, pixels)
+        # The slot is given back when the decode ends, not when the client stops waiting.
+        job.add_done_callback(lambda _: gate.release(pixels))
+        try:
+            result = await asyncio.wait_for(
+                asyncio.shield(job), max(deadline - time.perf_counter(), 0.0)
+            )
         except TimeoutError:
             raise ApiError(
                 504, "timeout", f"inference did not finish within {timeout_s:g} s; try again"
@@ -325,7 +534,7 @@ def create_app(
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
-        return FileResponse(static / "index.html", headers=PAGE_HEADERS)
+        return FileResponse(static / "index.html")  # headers: SecurityHeaders
 
     return app
 
@@ -368,4 +577,4 @@ def serve(
     uvicorn.run(create_app(model_dir, **limits), host=host, port=port, log_level="info")
 
 
-__all__ = ["background_server", "create_app", "parse_multipart", "serve"]
+__all__ = ["DecodeGate", "background_server", "create_app", "parse_multipart", "serve"]
