@@ -42,13 +42,20 @@ KNOWN_DIAGNOSES = frozenset(CLASS_DESCRIPTIONS)
 ALIASES: dict[str, tuple[str, ...]] = {
     "image_id": ("image_id", "image", "isic_id"),
     "diagnosis": ("diagnosis", "dx"),
-    "group_id": ("lesion_id",),
+    # A patient id groups more coarsely than a lesion id; it is used only when there is no
+    # lesion id, so that images of one patient never land in two splits.
+    "group_id": ("lesion_id", "patient_id"),
     "age": ("age", "age_approx"),
     "sex": ("sex",),
     "site": ("site", "localization", "anatom_site_general", "anatom_site_general_challenge"),
     "dx_type": ("dx_type", "diagnosis_confirm_type"),
     "file": ("file", "path", "filename"),
+    # An explicit benign/malignant label (ISIC 2020 style). Read only for rows of an
+    # evaluation-only set whose diagnosis is not known (see _evaluation_label).
+    "malignant": ("benign_malignant", "target"),
 }
+# Diagnoses of binary (benign/malignant-only) sets: label-only rows in an evaluation set.
+BINARY_LABELS = {"benign": 0, "malignant": 1}
 METADATA_COLUMNS = frozenset(c for names in ALIASES.values() for c in names)
 SKIP_HINT = "or set data.skip_bad=true to skip such rows (they are then listed in skipped.csv)"
 MAX_LISTED = 10
@@ -184,6 +191,36 @@ def fingerprint_tree(root: str | Path) -> str:
 # ----------------------------------------------------------------------------- helpers
 
 
+def _malignant_label(value: str) -> int | None:
+    """1 / 0 for a malignant / benign label (1, malignant, true, yes / 0, benign, ...)."""
+    text = value.strip().lower()
+    if text in ("1", "1.0", "malignant", "true", "yes"):
+        return 1
+    if text in ("0", "0.0", "benign", "false", "no"):
+        return 0
+    return None
+
+
+def _evaluation_label(dx: str, label: str) -> tuple[str, int | None] | str:
+    """For a row of an evaluation-only set: (diagnosis, malignant) or why it cannot be used.
+
+    A known diagnosis wins (malignant None: derived from it). A diagnosis the vocabulary does
+    not know still counts for the malignant metrics when the row says benign or malignant.
+    """
+    if dx in KNOWN_DIAGNOSES:
+        return dx, None
+    if dx in BINARY_LABELS:
+        return dx, BINARY_LABELS[dx]
+    malignant = _malignant_label(label)
+    if malignant is not None:
+        return dx or "unknown", malignant
+    named = f"unknown diagnosis '{dx}'" if dx and dx != "unknown" else "no diagnosis"
+    return (
+        f"{named} and no benign/malignant label (column "
+        f"{'/'.join(ALIASES['malignant'])}/malignant): the row cannot be scored"
+    )
+
+
 def _image_index(base: Path) -> dict[str, list[Path]]:
     """Image stem -> files with that stem anywhere under `base` (one walk, not 10k lookups)."""
     index: dict[str, list[Path]] = {}
@@ -260,10 +297,12 @@ def _finish(
     if not records:
         raise DataError(f"no usable images in {source}; check data.root and data.layout")
     rows = pd.DataFrame.from_records(records, columns=ROW_COLUMNS)
-    rows["malignant"] = rows["diagnosis"].isin(MALIGNANT_CODES).astype(int)
+    # Rows of an evaluation set may carry an explicit label; the others derive it.
+    from_dx = rows["diagnosis"].isin(MALIGNANT_CODES).astype(int)
+    rows["malignant"] = pd.to_numeric(rows["malignant"]).fillna(from_dx).astype(int)
     rows["source"] = "real"
     rows["age"] = rows["age"].astype(float)
-    if not any(c in MALIGNANT_CODES for c in class_names):
+    if not any(c in MALIGNANT_CODES for c in class_names) and not rows["malignant"].any():
         notes.append(
             f"no class is a known malignant code ({', '.join(sorted(MALIGNANT_CODES))}): "
             "malignant-vs-benign metrics will be undefined"
@@ -325,6 +364,9 @@ def ingest_ham10000(
     site = _text(table[cols["site"]] if cols["site"] else None, n)
     dx_type = _text(table[cols["dx_type"]] if cols["dx_type"] else None, n)
 
+    label_col = cols["malignant"] or ("malignant" if "malignant" in table.columns else None)
+    labels = [v.strip() for v in table[label_col]] if label_col else [""] * n
+
     first_line: dict[str, int] = {}
     records = []
     for i in range(n):
@@ -339,7 +381,14 @@ def ingest_ham10000(
             )
             continue
         first_line[image_id] = line
-        if dx[i] not in KNOWN_DIAGNOSES:
+        diagnosis, malignant = dx[i], None
+        if evaluation_only:
+            usable = _evaluation_label(dx[i], labels[i])
+            if isinstance(usable, str):
+                problems.add(line, csv, f"{image_id}: {usable}")
+                continue
+            diagnosis, malignant = usable
+        elif dx[i] not in KNOWN_DIAGNOSES:
             problems.add(
                 line,
                 csv,
@@ -355,7 +404,8 @@ def ingest_ham10000(
             {
                 "image_id": image_id,
                 "path": str(path),
-                "diagnosis": dx[i],
+                "diagnosis": diagnosis,
+                "malignant": malignant,
                 "group_id": groups[i] or image_id,
                 "age": ages.iloc[i],
                 "sex": sex[i],
@@ -363,7 +413,8 @@ def ingest_ham10000(
                 "dx_type": dx_type[i],
             }
         )
-    classes = _ordered_classes(r["diagnosis"] for r in records)
+    # Label-only rows (a diagnosis outside the vocabulary) are no class of the set.
+    classes = _ordered_classes(r["diagnosis"] for r in records if r["malignant"] is None)
     return _finish(records, classes, problems, "ham10000", csv, notes, evaluation_only)
 
 
@@ -412,6 +463,8 @@ def ingest_isic(csv: Path, skip_bad: bool = False, evaluation_only: bool = False
     dx_type = _text(table[cols["dx_type"]] if cols["dx_type"] else None, n)
     files = [v.strip() for v in table[cols["file"]]] if cols["file"] else [""] * n
     groups = [v.strip() for v in table[group_col]] if group_col else [""] * n
+    label_col = _pick_column(table.columns, "malignant")
+    labels = [v.strip() for v in table[label_col]] if label_col else [""] * n
 
     base = csv.parent
     index = _image_index(base)
@@ -436,7 +489,14 @@ def ingest_isic(csv: Path, skip_bad: bool = False, evaluation_only: bool = False
             problems.add(line, csv, f"{image_id}: value of column {bad[0]} is not 0 or 1")
             continue
         hot = [c for c in class_cols if onehot[c][i]]
-        if len(hot) != 1:
+        diagnosis, malignant = (names[hot[0]] if len(hot) == 1 else ""), None
+        if evaluation_only and len(hot) <= 1:
+            usable = _evaluation_label(diagnosis, labels[i])
+            if isinstance(usable, str):
+                problems.add(line, csv, f"{image_id}: {usable}")
+                continue
+            diagnosis, malignant = usable
+        elif len(hot) != 1:
             problems.add(
                 line,
                 csv,
@@ -452,7 +512,8 @@ def ingest_isic(csv: Path, skip_bad: bool = False, evaluation_only: bool = False
             {
                 "image_id": image_id,
                 "path": str(path),
-                "diagnosis": names[hot[0]],
+                "diagnosis": diagnosis,
+                "malignant": malignant,
                 "group_id": groups[i] or image_id,
                 "age": ages.iloc[i],
                 "sex": sex[i],
@@ -463,6 +524,8 @@ def ingest_isic(csv: Path, skip_bad: bool = False, evaluation_only: bool = False
     classes = _ordered_classes(names.values())
     return _finish(records, classes, problems, "isic", csv, notes, evaluation_only)
 
+    if evaluation_only:  # a class column outside the vocabulary only labels rows
+        classes = [c for c in classes if c in KNOWN_DIAGNOSES]
 
 def ingest_folders(
     root: Path, skip_bad: bool = False, evaluation_only: bool = False
@@ -478,10 +541,17 @@ def ingest_folders(
     classes = set()
     for folder in dirs:
         name = folder.name.strip().lower()
-        classes.add(name)
+        # A scored-only set's folder must name a diagnosis or benign/malignant: any other
+        # name would silently be counted benign.
+        usable = _evaluation_label(name, "") if evaluation_only else (name, None)
+        if not isinstance(usable, str) and usable[1] is None:
+            classes.add(name)
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             if path.suffix.lower() not in IMAGE_EXTENSIONS or path.name.startswith("."):
                 ignored += 1
+                continue
+            if isinstance(usable, str):
+                problems.add("", path, f"folder '{folder.name}': {usable}")
                 continue
             image_id = path.stem
             if image_id in seen:
@@ -497,6 +567,7 @@ def ingest_folders(
                     "image_id": image_id,
                     "path": str(path.resolve()),
                     "diagnosis": name,
+                    "malignant": usable[1],
                     "group_id": image_id,
                     "age": math.nan,
                     "sex": "unknown",

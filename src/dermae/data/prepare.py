@@ -137,12 +137,17 @@ def prepare_stage(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path
 
 
 def prepare_external(
-    cfg: DataConfig, root: str | Path, run_dir: str | Path, progress: bool = True
+    cfg: DataConfig,
+    root: str | Path,
+    run_dir: str | Path,
+    progress: bool = True,
+    layout: str = "auto",
 ) -> PreparedData:
     """An external evaluation set at `root` (any layout), cached like the run's data with the
     same image size, every image in the "test" split, written to `<run_dir>/data/`. Nothing is
-    subset; labels index the set's own classes (the evaluator matches them by diagnosis)."""
-    external = dataclasses.replace(cfg, root=str(root), layout="auto", limit=0)
+    subset; labels index the set's own classes (the evaluator matches them by diagnosis), and
+    rows known only as benign/malignant (a diagnosis outside the vocabulary) get label -1."""
+    external = dataclasses.replace(cfg, root=str(root), layout=layout, limit=0)
     return _prepare(external, run_dir, progress, force=False, external=True)
 
 
@@ -213,7 +218,8 @@ def _prepare(
     else:
         class_names = diagnoses
         malignant_classes = [c for c in class_names if c in MALIGNANT_CODES]
-        rows["label"] = rows["diagnosis"].map({c: i for i, c in enumerate(class_names)}).astype(int)
+        index = {c: i for i, c in enumerate(class_names)}
+        rows["label"] = rows["diagnosis"].map(index).fillna(-1).astype(int)
 
     manifest = rows[MANIFEST_COLUMNS]
     _write_atomic(out / "manifest.csv", manifest.to_csv(index=False))

@@ -110,6 +110,28 @@ def evaluate_model(
     return result
 
 
+def _evaluate_data(cfg: Config, model_dir: Path, data: Path, out_dir: Path | None) -> Path:
+    """`dermae evaluate --data`: an external set, scored like the `evaluate.external` sets
+    (label-only rows count for the malignant metrics; unusable rows listed in skipped.csv)."""
+    from dermae.config import ExternalSetConfig
+    from dermae.evaluate.external import load_external_set, score_model_on_set
+
+    run_dir = Path(cfg.run_dir)
+    spec = ExternalSetConfig(name=data.resolve().name, path=str(data))
+    model, config = load_classifier(model_dir)
+    prepared = load_external_set(spec, cfg.data, int(config["image_size"]), run_dir / "external")
+    out = Path(out_dir or run_dir / "evaluate" / f"{model_dir.parent.name}-{spec.name}")
+    result = score_model_on_set(model, config, model_dir, spec, prepared, cfg, out)
+    print(headline({**result, "split": spec.name, "n_lesions": result["n_groups"]}))
+    print(
+        f"  {result['n_skipped']} row(s) skipped (no usable label; see {result['skipped_csv']}), "
+        f"{result['n_excluded_from_per_class']} outside the per-class metrics "
+        f"({result['excluded_from_per_class_by_diagnosis'] or 'none'}); CIs by "
+        f"{result['bootstrap']['unit']}"
+    )
+    return out / "metrics.json"
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -136,12 +158,18 @@ def evaluate_stage(cfg: Config, run_dir: str | Path, resume: bool = True) -> Pat
     run_dir = Path(run_dir)
     prepared = load_prepared(run_dir, with_synthetic=False)
     out = run_dir / "evaluate"
+    evaluated = {}
     for name, folder in RUN_MODELS.items():
         if (run_dir / folder / "model.safetensors").exists():
             result = evaluate_model(
                 run_dir / folder, prepared, cfg.evaluate.split, out / name, cfg.evaluate, cfg.seed
             )
             print(f"[{name}] {headline(result)}")
+            evaluated[name] = run_dir / folder
+    # evaluate.external: the same models on other sites' sets, next to the internal split.
+    from dermae.evaluate.external import evaluate_external
+
+    evaluate_external(cfg, run_dir, evaluated, out / "external")
     return out
 
 
@@ -156,13 +184,9 @@ def evaluate_command(
     run_dir = Path(cfg.run_dir)
     model_dir = Path(model_dir or run_dir / RUN_MODELS["student"])
     if data is not None:
-        from dermae.data.prepare import prepare_external
-
-        prepared = prepare_external(cfg.data, Path(data), run_dir / "external" / Path(data).name)
-        split = "test"
-    else:
-        prepared = load_prepared(run_dir, with_synthetic=False)
-        split = split or cfg.evaluate.split
+        return _evaluate_data(cfg, model_dir, Path(data), out_dir)
+    prepared = load_prepared(run_dir, with_synthetic=False)
+    split = split or cfg.evaluate.split
     out = Path(out_dir or run_dir / "evaluate" / f"{model_dir.parent.name}-{split}")
     result = evaluate_model(model_dir, prepared, split, out, cfg.evaluate, cfg.seed)
     print(headline(result))
