@@ -74,7 +74,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class BaselineConfig:
     model: str = "efficientnet_b0"
-    loss: str = "weighted_ce"  # ce | weighted_ce | balanced_sampler
+    loss: str = "weighted_ce"  # ce | weighted_ce | balanced_sampler | auto (better on val)
     augment: bool = True
     drop_rate: float = 0.1
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=2e-3))
@@ -175,7 +175,8 @@ class DistillConfig:
     # False (consistent KD): the teacher sees the student's augmented view every step.
     # True: teacher run once on un-augmented train images (faster, inconsistent targets).
     cache_teacher_logits: bool = False
-    loss: str = "weighted_ce"  # ce | weighted_ce | balanced_sampler (hard-label part only)
+    # ce | weighted_ce | balanced_sampler | baseline (whatever the baseline used); hard labels only
+    loss: str = "weighted_ce"
     synthetic_ratio: float = 1.0
     synthetic_hard_labels: bool = False  # False: synthetic rows learn from the teacher only
     augment: bool = True
@@ -188,10 +189,10 @@ class DistillConfig:
 class AblateConfig:
     """Which like-for-like variants `dermae ablate` trains (see dermae.evaluate.ablation)."""
 
-    variants: tuple[str, ...] = ("a", "b", "c", "d")  # any of a b c d e f
-    # The simple fix (b): weighted_ce | balanced_sampler | auto (train both, keep the better
-    # one on validation). The DerMAE student (d) should use the same (distill.loss).
-    simple_fix: str = "weighted_ce"
+    # Any of a b c d e f. (b) is the student trained with the baseline's loss (`baseline.loss:
+    # auto` picks weighted CE or a balanced sampler on validation); set `distill.loss:
+    # baseline` so that (d) shares it.
+    variants: tuple[str, ...] = ("a", "b", "c", "d")
 
 
 @dataclass(frozen=True)
@@ -421,6 +422,7 @@ POSITIVE_INT_KEYS = frozenset(
         "layers_per_block",
         "num_train_timesteps",
         "attention_head_dim",
+        "block_out_channels",
         "scale_images",
         "steps",
         "decoder_dim",
@@ -553,4 +555,18 @@ def validate_config(cfg: Config) -> None:
             f"config key 'run_dir': {blocker} is a file, not a folder, so {run_dir} cannot be "
             "a run folder; remove the file or set run_dir (--run-dir) to another folder"
         )
+    _check_choice("baseline.loss", cfg.baseline.loss, (*CLASS_LOSSES, "auto"))
+    _check_choice("finetune.loss", cfg.finetune.loss, CLASS_LOSSES)
+    _check_choice("distill.loss", cfg.distill.loss, (*CLASS_LOSSES, "baseline"))
+    for i, variant in enumerate(cfg.ablate.variants):
+        _check_choice(f"ablate.variants[{i}]", variant, ("a", "b", "c", "d", "e", "f"))
+    _check_choice("sample.filter", cfg.sample.filter, ("none", "classifier"))
     _check_model_names(cfg)
+
+
+CLASS_LOSSES = ("ce", "weighted_ce", "balanced_sampler")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}, got '{value}'")

@@ -138,7 +138,13 @@ def train_classifier(
     )
     model: Classifier = result.task.model  # best-by-val weights
     extra = attach_thresholds(model, val_set, view, cfg.evaluate.specificities)
-    extra = {**extra, "train_rows": train_rows, "best": result.best, **(extra_config or {})}
+    extra = {
+        **extra,
+        "loss": recipe.loss,
+        "train_rows": train_rows,
+        "best": result.best,
+        **(extra_config or {}),
+    }
     model_dir = save_classifier(run_dir / stage / "model", model, extra)
     return Trained(model_dir, model, result, train_rows)
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from dermae.classify.baseline import chosen_loss
 from dermae.classify.common import target_view
 from dermae.classify.ensemble import build_ensemble
 from dermae.classify.model import (
@@ -170,6 +171,7 @@ def distill(
     if include_synthetic is None:
         include_synthetic = cfg.data.include_synthetic
     recipe = distill_recipe(dcfg)
+    recipe = dataclasses.replace(recipe, loss=chosen_loss(run_dir, recipe.loss))
     if not include_synthetic:
         recipe = dataclasses.replace(recipe, synthetic_ratio=0.0)
     cache_seconds = 0.0

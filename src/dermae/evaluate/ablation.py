@@ -5,8 +5,8 @@ trained for the same budget (`distill.train`, so the same data order) with the s
 rule (argmax; thresholds chosen on validation) and the same imbalance handling as (b), except
 where that is the variable under test:
   (a) real data, plain cross-entropy                  — what a user does without dermae
-  (b) real data, the simple fix (`ablate.simple_fix`: weighted CE, a balanced sampler, or
-      whichever of the two is better on validation)
+  (b) real data, the simple fix: the baseline's loss (weighted CE, a balanced sampler, or
+      with `baseline.loss: auto` whichever of the two is better on validation)
   (c) (b) + the synthetic images, with hard labels     — isolates synthesis for the student
   (d) DerMAE: (b)'s recipe + KD from the MAE teacher (+ synthetic transfer images)
   (e) as (d), teacher fine-tuned from scratch          — isolates MAE pre-training
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dermae.classify.baseline import train_baseline
+from dermae.classify.baseline import chosen_loss, train_baseline
 from dermae.classify.finetune import finetune
 from dermae.config import BaselineConfig, Config
 from dermae.data.prepared import load_prepared
@@ -70,7 +70,6 @@ TEACHERS = {
 LABELS = {key: label for key, label in VARIANTS.values()} | {
     name: label for name, (_, label) in TEACHERS.items()
 }
-SIMPLE_FIXES = ("weighted_ce", "balanced_sampler")
 REFERENCE = "b_simple_fix"
 
 
@@ -89,29 +88,16 @@ def _has_model(folder: Path) -> bool:
     return (folder / "model.safetensors").exists()
 
 
-def _val_score(model_dir: Path) -> float:
-    best = load_config_json(model_dir).get("best") or {}
-    return float(best.get("score", float("-inf")))
-
-
 def _simple_fix(cfg: Config, run_dir: Path, resume: bool) -> tuple[Path, dict[str, Any]]:
-    """(b): reuse the pipeline's baseline when it is the same recipe; `auto` picks on val."""
-    choice = cfg.ablate.simple_fix
-    if choice not in (*SIMPLE_FIXES, "auto"):
-        raise ValueError(
-            f"ablate.simple_fix must be one of {(*SIMPLE_FIXES, 'auto')}, got '{choice}'"
-        )
-    candidates = SIMPLE_FIXES if choice == "auto" else (choice,)
-    trained: dict[str, Path] = {}
-    for loss in candidates:
-        recipe = student_recipe(cfg, loss)
-        if recipe == cfg.baseline and _has_model(run_dir / "baseline/model"):
-            trained[loss] = run_dir / "baseline/model"  # same recipe: reuse, don't retrain
-        else:
-            trained[loss] = train_baseline(cfg, run_dir, f"ablate/b_{loss}", recipe, resume=resume)
-    scores = {loss: _val_score(path) for loss, path in trained.items()}
-    best = max(scores, key=scores.get)
-    return trained[best], {"loss": best, "val_balanced_accuracy": scores}
+    """(b): the student recipe with the baseline's loss; the pipeline's baseline when that is
+    the same recipe (`baseline.loss: auto` included), else trained here the same way."""
+    recipe = student_recipe(cfg, cfg.baseline.loss)
+    if recipe == cfg.baseline and _has_model(run_dir / "baseline/model"):
+        folder = run_dir / "baseline/model"  # same recipe: reuse, don't retrain
+    else:
+        folder = train_baseline(cfg, run_dir, "ablate/b_simple_fix", recipe, resume=resume)
+    config = load_config_json(folder)
+    return folder, {"loss": config["loss"], "choice": config.get("simple_fix")}
 
 
 def _kd_teachers(cfg: Config, teacher_stage: str) -> list[str]:
@@ -188,17 +174,18 @@ def _variant_models(
     for name, (folder, _) in TEACHERS.items():
         if _has_model(run_dir / folder):
             models[name] = run_dir / folder
-    notes["like_for_like"] = _recipe_differences(cfg, simple_loss)
+    notes["like_for_like"] = _recipe_differences(cfg, run_dir, simple_loss)
     return models, notes
 
 
-def _recipe_differences(cfg: Config, simple_loss: str) -> list[str]:
+def _recipe_differences(cfg: Config, run_dir: Path, simple_loss: str) -> list[str]:
     """What the DerMAE student (d) does differently from (b) besides the teacher and synthetics."""
     differences = []
-    if cfg.distill.loss != simple_loss:
+    student_loss = chosen_loss(run_dir, cfg.distill.loss)
+    if student_loss != simple_loss:
         differences.append(
-            f"distill.loss={cfg.distill.loss} but (b) uses {simple_loss}: set distill.loss to "
-            "the simple fix for a like-for-like comparison"
+            f"the student (d) was trained with {student_loss} but (b) with {simple_loss}: set "
+            "distill.loss=baseline for a like-for-like comparison"
         )
     return differences
 
