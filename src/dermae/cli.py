@@ -62,7 +62,10 @@ def _load(args: argparse.Namespace) -> Config:
     overrides = list(args.set)
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    threads, source = _lazy("dermae.engine.threads:apply_threads")(cfg.threads)
+    print(f"dermae: {threads} torch thread(s) ({source})", file=sys.stderr)
+    return cfg
 
 
 # Stage commands taking (cfg, run_dir) -> Path.
@@ -173,7 +176,9 @@ def _run(args: argparse.Namespace) -> Any:
 
 def _prepare(args: argparse.Namespace) -> Any:
     cfg = _load(args)
-    return _lazy("dermae.data.prepare:prepare_dataset")(cfg.data, cfg.run_dir)
+    return _lazy("dermae.pipeline:run_command")(
+        cfg, "dermae.data.prepare:prepare_stage", resume=not args.no_resume
+    )
 
 
 def _fetch(args: argparse.Namespace) -> Any:
@@ -183,8 +188,9 @@ def _fetch(args: argparse.Namespace) -> Any:
 
 
 def _stage(args: argparse.Namespace) -> Any:
+    # Through the pipeline's skip/resume logic, so `dermae run` later knows what this made.
     cfg = _load(args)
-    return _lazy(args.target)(cfg, cfg.run_dir, resume=not args.no_resume)
+    return _lazy("dermae.pipeline:run_command")(cfg, args.target, resume=not args.no_resume)
 
 
 def _evaluate(args: argparse.Namespace) -> Any:
@@ -240,6 +246,8 @@ def _os_error_text(err: OSError) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if not hasattr(args, "config"):  # commands with a config apply its `threads` in _load
+            _lazy("dermae.engine.threads:apply_threads")(0)
         result = args.handler(args)
     except (ConfigError, ValueError) as err:
         # Expected user errors (config keys, data rows) get one clear line, not a traceback.

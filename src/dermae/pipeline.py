@@ -1,9 +1,14 @@
 """`dermae run`: every stage in order, in one run directory, skipping what is already done.
 
 A stage is done when `<run_dir>/stages/<name>.json` holds the fingerprint of the config
-sections it depends on (and of its upstream stages). A stage whose config changed runs
-again, and so does everything downstream. A stage interrupted half-way resumes from its
-training checkpoint, but only if it was started with the same fingerprint.
+sections it depends on (and of its upstream stages as they were actually made), and its
+output files are still whole (sizes as recorded, safetensors headers readable). A stage
+whose config changed runs again, and so does everything downstream. A stage interrupted
+half-way resumes from its training checkpoint, but only if it was started with the same
+fingerprint (and the loop checks the checkpoint's own fingerprint too).
+
+The per-stage commands (`dermae train`, `dermae finetune`, ...) go through `run_stage`, the
+same logic, so `dermae run` afterwards knows what they made.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from dermae.config import Config, save_config, to_dict
+from dermae.engine.checkpoint import CheckpointError, check_safetensors
+from dermae.engine.fingerprint import first_difference
 
 
 @dataclass(frozen=True)
@@ -119,21 +126,76 @@ def _call(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
+def _payload(tree: dict[str, Any], stage: Stage, upstream: dict[str, str]) -> dict[str, Any]:
+    return {
+        "data": tree["data"],
+        "seed": tree["seed"],
+        "sections": {s: tree[s] for s in stage.sections},
+        "after": [upstream[u] for u in stage.after],
+    }
+
+
+def _hash(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def fingerprints(cfg: Config) -> dict[str, str]:
-    """Per-stage hash of (data + seed + own sections + upstream fingerprints)."""
+    """Per-stage hash of (data + seed + own sections + upstream fingerprints), from the config."""
     tree = to_dict(cfg)
     result: dict[str, str] = {}
     for stage in STAGES:
-        payload = {
-            "data": tree["data"],
-            "seed": tree["seed"],
-            "sections": {s: tree[s] for s in stage.sections},
-            "after": [result[u] for u in stage.after],
-        }
-        result[stage.name] = hashlib.sha256(
-            json.dumps(payload, sort_keys=True).encode()
-        ).hexdigest()[:16]
+        result[stage.name] = _hash(_payload(tree, stage, result))
     return result
+
+
+def _stage(name: str) -> Stage:
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise ValueError(f"unknown stage '{name}'; stages: {', '.join(STAGE_NAMES)}")
+
+
+def _made_upstream(cfg: Config, marks: Path) -> dict[str, str]:
+    """Each stage's fingerprint as made: its done mark's, else the config's.
+
+    So a stage rerun by its own command with other settings makes everything downstream
+    of it stale, even for a `dermae run` whose config did not change.
+    """
+    tree = to_dict(cfg)
+    result: dict[str, str] = {}
+    for stage in STAGES:
+        done = _read(marks / f"{stage.name}.json")
+        result[stage.name] = done["fingerprint"] if done else _hash(_payload(tree, stage, result))
+    return result
+
+
+def output_files(output: Path) -> dict[str, int]:
+    """Sizes of the files a stage wrote: the output file, or those directly in its folder."""
+    if output.is_file():
+        return {output.name: output.stat().st_size}
+    if not output.is_dir():
+        return {}
+    return {f.name: f.stat().st_size for f in sorted(output.iterdir()) if f.is_file()}
+
+
+def output_problem(record: dict[str, Any]) -> str | None:
+    """Why a done stage's outputs cannot be trusted (missing, resized, bad header), or None."""
+    output = Path(record["output"])
+    if not output.exists():
+        return f"its output {output} is missing"
+    folder = output if output.is_dir() else output.parent
+    for name, size in record.get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != size:
+            return f"{path} has {path.stat().st_size} bytes, {size} when it was written"
+        if path.suffix == ".safetensors":
+            try:
+                check_safetensors(path)
+            except CheckpointError as err:
+                return str(err)
+    return None
 
 
 def _downstream(names: set[str]) -> set[str]:
@@ -145,7 +207,70 @@ def _downstream(names: set[str]) -> set[str]:
 
 
 def _read(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    """A mark, or None when there is none (or it was cut short: the stage is then not done)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write(path: Path, record: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)  # atomic: a killed run never leaves half a mark
+
+
+def run_stage(cfg: Config, name: str, resume: bool = True, force: bool = False) -> Path:
+    """Run one stage unless it is done for this fingerprint; returns its output.
+
+    `force` runs it again from scratch (`--from`, or a stage command's `--no-resume`).
+    """
+    stage = _stage(name)
+    run_dir = Path(cfg.run_dir)
+    marks = run_dir / "stages"
+    marks.mkdir(parents=True, exist_ok=True)
+    upstream = _made_upstream(cfg, marks)
+    payload = _payload(to_dict(cfg), stage, upstream)
+    fingerprint = _hash(payload)
+    done = _read(marks / f"{name}.json")
+    if done and not force:
+        if done["fingerprint"] == fingerprint:
+            problem = output_problem(done)
+            if problem is None:
+                print(f"[dermae] {name}: done earlier, skipped")
+                return Path(done["output"])
+            print(f"[dermae] {name}: {problem}; running it again")
+        else:
+            why = first_difference(done.get("inputs"), payload) if done.get("inputs") else None
+            print(f"[dermae] {name}: inputs changed ({why or 'older mark'}); running it again")
+    began = _read(marks / f"{name}.started.json")
+    can_resume = resume and not force and began is not None and began["fingerprint"] == fingerprint
+    _write(marks / f"{name}.started.json", {"fingerprint": fingerprint})
+    print(f"[dermae] {name}: {stage.description}" + (" (resuming)" if can_resume else ""))
+    t0 = time.time()
+    output = Path(_call(stage.target)(cfg, run_dir, resume=can_resume))
+    seconds = time.time() - t0
+    record = {
+        "fingerprint": fingerprint,
+        "output": str(output),
+        "seconds": seconds,
+        "files": output_files(output),
+        "inputs": payload,
+    }
+    _write(marks / f"{name}.json", record)
+    with (marks / "timings.jsonl").open("a") as f:
+        f.write(json.dumps({"stage": name, "seconds": round(seconds, 1)}) + "\n")
+    print(f"[dermae] {name}: finished in {seconds:.0f} s")
+    return output
+
+
+def run_command(cfg: Config, target: str, resume: bool = True) -> Path:
+    """A stage command (`dermae train`, ...): `run_stage` for the stage whose target it is;
+    `--no-resume` (resume=False) runs it again from scratch even when it is done."""
+    name = next((s.name for s in STAGES if s.target == target), None)
+    if name is None:
+        return _call(target)(cfg, cfg.run_dir, resume=resume)
+    return run_stage(cfg, name, resume=resume, force=not resume)
 
 
 def run_pipeline(
@@ -159,36 +284,12 @@ def run_pipeline(
         if name is not None and name not in STAGE_NAMES:
             raise ValueError(f"unknown stage '{name}'; stages: {', '.join(STAGE_NAMES)}")
     run_dir = Path(cfg.run_dir)
-    marks = run_dir / "stages"
-    marks.mkdir(parents=True, exist_ok=True)
+    (run_dir / "stages").mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    prints = fingerprints(cfg)
     forced = _downstream({from_stage}) if from_stage else set()
-    log = run_dir / "stages" / "timings.jsonl"
     started_all = time.time()
     for stage in STAGES:
-        done = _read(marks / f"{stage.name}.json")
-        if stage.name not in forced and done and done["fingerprint"] == prints[stage.name]:
-            print(f"[dermae] {stage.name}: done earlier, skipped")
-        else:
-            began = _read(marks / f"{stage.name}.started.json")
-            same_start = began is not None and began["fingerprint"] == prints[stage.name]
-            can_resume = resume and stage.name not in forced and same_start
-            (marks / f"{stage.name}.started.json").write_text(
-                json.dumps({"fingerprint": prints[stage.name]})
-            )
-            print(
-                f"[dermae] {stage.name}: {stage.description}"
-                + (" (resuming)" if can_resume and same_start else "")
-            )
-            t0 = time.time()
-            output = _call(stage.target)(cfg, run_dir, resume=can_resume)
-            seconds = time.time() - t0
-            record = {"fingerprint": prints[stage.name], "output": str(output), "seconds": seconds}
-            (marks / f"{stage.name}.json").write_text(json.dumps(record, indent=2))
-            with log.open("a") as f:
-                f.write(json.dumps({"stage": stage.name, "seconds": round(seconds, 1)}) + "\n")
-            print(f"[dermae] {stage.name}: finished in {seconds:.0f} s")
+        run_stage(cfg, stage.name, resume=resume, force=stage.name in forced)
         if stage.name == until_stage:
             break
     print(f"[dermae] pipeline finished in {time.time() - started_all:.0f} s; see {run_dir}")

@@ -1,12 +1,13 @@
 """A tiny regression task trained by `dermae.engine.loop.fit`, runnable as a script.
 
 Used by the engine tests in subprocesses (SIGKILL + resume, torchrun with 2 processes).
-Usage: python -m tests.helpers.tiny_fit OUT_DIR [--kill-at STEP] [--steps N] [--ema D]
+Usage: python -m tests.helpers.tiny_fit OUT_DIR [--kill-at STEP] [--steps N] [--ema D] [--record]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 from pathlib import Path
@@ -33,10 +34,11 @@ class PointsDataset(Dataset):
         return len(self.x)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        index = torch.tensor(i)
         if not self.jitter:
-            return {"x": self.x[i], "y": self.y[i]}
+            return {"x": self.x[i], "y": self.y[i], "index": index}
         noise = 0.01 * torch.randn_like(self.x[i])  # exercises RNG restore on resume
-        return {"x": self.x[i] + noise, "y": self.y[i]}
+        return {"x": self.x[i] + noise, "y": self.y[i], "index": index}
 
 
 class RegressionTask(nn.Module):
@@ -49,6 +51,21 @@ class RegressionTask(nn.Module):
         return {"loss": nn.functional.mse_loss(pred, batch["y"]), "pred": pred}
 
 
+class RecordingTask(RegressionTask):
+    """Records, per step, a draw from the global torch RNG (as an MAE mask or a diffusion
+    timestep would make) and the sample indices this process trained on."""
+
+    def __init__(self, dim: int = 8):
+        super().__init__(dim)
+        self.draws: list[float] = []
+        self.indices: list[list[int]] = []
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.draws.append(float(torch.rand(())))
+        self.indices.append(batch["index"].tolist())
+        return super().forward(batch)
+
+
 def run(
     out_dir: Path,
     steps: int,
@@ -56,9 +73,10 @@ def run(
     ema: float = 0.0,
     batch: int = 8,
     jitter: bool = True,
+    record: bool = False,
 ):
     seed_everything(0)
-    task = RegressionTask()
+    task = RecordingTask() if record else RegressionTask()
     cfg = TrainConfig(
         max_steps=steps,
         batch_size=batch,
@@ -76,7 +94,11 @@ def run(
             os.kill(os.getpid(), signal.SIGKILL)
 
     result = fit(task, PointsDataset(jitter=jitter), cfg, out_dir, on_step=maybe_die, desc="tiny")
-    if int(os.environ.get("RANK", "0")) == 0:
+    rank = int(os.environ.get("RANK", "0"))
+    if record:
+        draws = {"draws": task.draws, "indices": task.indices}
+        (out_dir / f"draws_{rank}.json").write_text(json.dumps(draws))
+    if rank == 0:
         save_model(out_dir / "final", result.model, {"steps": result.step})
     return result
 
@@ -89,5 +111,13 @@ if __name__ == "__main__":
     parser.add_argument("--ema", type=float, default=0.0)
     # Per-process augmentation streams differ under DDP, so the DDP comparison turns it off.
     parser.add_argument("--no-jitter", action="store_true")
+    parser.add_argument("--record", action="store_true", help="write draws_<rank>.json")
     args = parser.parse_args()
-    run(args.out_dir, args.steps, args.kill_at, args.ema, jitter=not args.no_jitter)
+    run(
+        args.out_dir,
+        args.steps,
+        args.kill_at,
+        args.ema,
+        jitter=not args.no_jitter,
+        record=args.record,
+    )

@@ -17,6 +17,7 @@ def fake_stages(monkeypatch):
             if name == "ldm" and getattr(stage, "fail_once", False):
                 stage.fail_once = False
                 raise RuntimeError("killed")
+            (run_dir / name).mkdir(parents=True, exist_ok=True)  # a done stage has outputs
             return run_dir / name
 
         return stage

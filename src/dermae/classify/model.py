@@ -9,11 +9,14 @@ config.json keys (all checkpoints of kind "classifier"):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
+from timm.models import group_parameters
+from timm.optim._param_groups import auto_group_layers
 from torch import nn
 
 from dermae.data.transforms import MEAN, STD, normalize
@@ -70,6 +73,27 @@ class Classifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: [N, 3, H, W] in [0, 1] -> logits [N, C]."""
         return self.net((images - self.mean) / self.std)
+
+    # timm's optimizer factory reads these two from the module it optimises; forwarding them
+    # (with the `net.` prefix of our parameter names) gives every classifier layer decay and
+    # no weight decay on pos_embed/cls_token, whether the loop gets the Classifier or its net.
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Callable[[str], float]:
+        if hasattr(self.net, "group_matcher"):
+            layer_of = group_parameters(self.net, self.net.group_matcher(coarse), reverse=True)
+        else:
+            layer_of = auto_group_layers(self.net)
+        return lambda name: layer_of.get(name.removeprefix("net."), float("inf"))
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        inner = getattr(self.net, "no_weight_decay", None)
+        return {f"net.{name}" for name in inner()} if inner is not None else set()
+
+    @property
+    def checkpoint_module(self) -> nn.Module:
+        """What checkpoints store (the loop's and `save_classifier`'s): timm's keys, no prefix."""
+        return self.net
 
 
 def build_classifier(config: dict[str, Any]) -> Classifier:

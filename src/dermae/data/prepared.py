@@ -12,6 +12,7 @@ Layout of `<run_dir>/data/`:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +151,10 @@ def load_prepared(
     )
 
 
+# Row columns that define a training example (synthetic ones: which generator and seed).
+FINGERPRINT_COLUMNS = ("image_id", "source", "split", "label", "group_id", "model_id", "seed")
+
+
 class LesionDataset(Dataset):
     """Yields {"image": float [3, S, S] in [0, 1], "label", "malignant", "index", "synthetic"}."""
 
@@ -164,6 +169,15 @@ class LesionDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def fingerprint(self) -> str:
+        """Hash of which images (and synthetic generator), with which labels and split, at
+        which cache size: the training loop resumes only onto a checkpoint made from these."""
+        cols = [c for c in FINGERPRINT_COLUMNS if c in self.rows.columns]
+        h = hashlib.sha256(pd.util.hash_pandas_object(self.rows[cols], index=False).to_numpy())
+        shapes = {k: list(v.shape) for k, v in sorted(self.arrays.items())}
+        h.update(json.dumps([cols, shapes]).encode())
+        return h.hexdigest()[:16]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         pixels = self.arrays[self._source[i]][self._cache_index[i]]  # [S, S, 3] uint8

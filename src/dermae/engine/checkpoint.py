@@ -17,12 +17,34 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_DIR = "training_state"
+NO_RESUME_HINT = "rerun with --no-resume to train afresh"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read; the message names the file and the way out."""
+
+
+def check_safetensors(path: str | Path) -> None:
+    """Raise `CheckpointError` unless `path` is a complete safetensors file.
+
+    `safe_open` parses the header and checks that the data it declares covers the file,
+    so a truncated file fails here, cheaply, without reading any tensor.
+    """
+    path = Path(path)
+    try:
+        with safe_open(str(path), "pt"):
+            pass
+    except (SafetensorError, OSError) as err:
+        size = path.stat().st_size if path.exists() else "missing"
+        raise CheckpointError(f"{path} is damaged ({err}; {size} bytes)") from err
 
 
 def _contiguous_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -79,7 +101,14 @@ def load_weights(directory: str | Path, module: nn.Module, strict: bool = True) 
     path = Path(directory) / MODEL_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {directory} a dermae checkpoint folder?")
-    return module.load_state_dict(load_file(str(path)), strict=strict)
+    check_safetensors(path)
+    try:
+        return module.load_state_dict(load_file(str(path)), strict=strict)
+    except RuntimeError as err:  # missing/unexpected keys or shapes: another architecture
+        first = str(err).strip().splitlines()[:3]
+        raise CheckpointError(
+            f"{path} does not fit this model ({' '.join(first)[:300]}...)"
+        ) from err
 
 
 # ----------------------------------------------------------------------------- RNG state
@@ -116,21 +145,35 @@ def set_rng_state(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Non
             torch.cuda.set_rng_state_all(cuda)
 
 
+def _rng_file(rank: int) -> str:
+    return f"rng_{rank}.safetensors"
+
+
 def save_training_state(
     directory: Path,
     optimizer: torch.optim.Optimizer,
     progress: dict[str, Any],
     extra_modules: dict[str, nn.Module] | None = None,
+    rng_states: list[tuple[dict[str, Any], dict[str, torch.Tensor]]] | None = None,
 ) -> None:
-    """Write optimizer, RNG and progress into `directory/training_state` (caller commits)."""
+    """Write optimizer, RNG and progress into `directory/training_state` (caller commits).
+
+    `rng_states` holds one `rng_state()` per process (index = rank); default: this process's.
+    """
     state_dir = Path(directory) / STATE_DIR
     state_dir.mkdir(parents=True, exist_ok=True)
     torch.save(optimizer.state_dict(), state_dir / "optimizer.pt")
-    meta, tensors = rng_state()
-    save_file(tensors, str(state_dir / "rng.safetensors"))
-    (state_dir / "state.json").write_text(json.dumps({"progress": progress, "rng": meta}))
+    rng_states = rng_states or [rng_state()]
+    for rank, (_, tensors) in enumerate(rng_states):
+        save_file(tensors, str(state_dir / _rng_file(rank)))
+    meta = {"progress": progress, "rng": [m for m, _ in rng_states]}
+    (state_dir / "state.json").write_text(json.dumps(meta))
     for name, module in (extra_modules or {}).items():
         save_file(_contiguous_state(module), str(state_dir / f"{name}.safetensors"))
+
+
+def _damaged(path: Path, err: Exception) -> CheckpointError:
+    return CheckpointError(f"{path} is damaged or from another model ({type(err).__name__}: {err})")
 
 
 def load_training_state(
@@ -138,21 +181,42 @@ def load_training_state(
     optimizer: torch.optim.Optimizer,
     extra_modules: dict[str, nn.Module] | None = None,
 ) -> dict[str, Any]:
-    """Restore optimizer and extra modules; returns progress. Call `restore_rng` last."""
+    """Restore optimizer and extra modules; returns progress. Call `restore_rng` last.
+
+    Any unreadable file raises `CheckpointError` naming it (never a bare torch traceback).
+    """
     state_dir = Path(directory) / STATE_DIR
-    optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
+    path = state_dir / "optimizer.pt"
+    try:
+        optimizer.load_state_dict(torch.load(path, weights_only=True))
+    except Exception as err:  # EOF, unpickling, wrong param groups: all mean "damaged"
+        raise _damaged(path, err) from err
     for name, module in (extra_modules or {}).items():
-        module.load_state_dict(load_file(str(state_dir / f"{name}.safetensors")))
-    return json.loads((state_dir / "state.json").read_text())["progress"]
+        path = state_dir / f"{name}.safetensors"
+        check_safetensors(path)
+        try:
+            module.load_state_dict(load_file(str(path)))
+        except RuntimeError as err:
+            raise _damaged(path, err) from err
+    path = state_dir / "state.json"
+    try:
+        return json.loads(path.read_text())["progress"]
+    except (OSError, ValueError, KeyError) as err:
+        raise _damaged(path, err) from err
 
 
-def restore_rng(directory: Path) -> None:
+def restore_rng(directory: Path, rank: int = 0) -> bool:
+    """Restore process `rank`'s RNG state; False when the checkpoint holds none for it."""
     state_dir = Path(directory) / STATE_DIR
-    meta = json.loads((state_dir / "state.json").read_text())["rng"]
-    set_rng_state(meta, load_file(str(state_dir / "rng.safetensors")))
+    metas = json.loads((state_dir / "state.json").read_text())["rng"]
+    path = state_dir / _rng_file(rank)
+    if rank >= len(metas) or not path.exists():
+        return False
+    check_safetensors(path)
+    set_rng_state(metas[rank], load_file(str(path)))
+    return True
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def seed_everything(seed: int, device_specific: bool = False) -> None:
+    """python, numpy and torch (CPU + CUDA) RNGs; `device_specific` adds the process index."""
+    set_seed(seed, device_specific=device_specific)

@@ -12,11 +12,20 @@ the same batches a single process would see.
 Resume is exact on CPU with `num_workers=0`: the epoch order comes from a generator
 seeded with (seed, epoch), batches already done are skipped without loading them, and
 the python/numpy/torch RNG states are restored from the checkpoint.
+
+Resume only happens when the checkpoint's fingerprint (settings: the train config and the
+caller's `run_config`; the training data; the model's architecture; `upstream` artifacts)
+matches this call's; otherwise the loop says why in one line and trains afresh. A damaged
+checkpoint is a `CheckpointError` naming the file, never a torch traceback.
+
+Under DDP the epoch order is shared, but every process has its own RNG stream (seed +
+process index: its own augmentations, masks, noise) and saves and restores its own state.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +36,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import send_to_device
+from accelerate.utils import gather_object, send_to_device
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
@@ -37,20 +46,34 @@ from tqdm.auto import tqdm
 
 from dermae.config import TrainConfig, to_dict
 from dermae.engine.checkpoint import (
+    CONFIG_FILE,
+    NO_RESUME_HINT,
+    STATE_DIR,
+    CheckpointError,
     atomic_dir,
     commit_dir,
     load_training_state,
     load_weights,
     restore_rng,
+    rng_state,
     save_model,
     save_training_state,
     seed_everything,
     write_model_files,
 )
+from dermae.engine.fingerprint import (
+    artifact_digest,
+    dataset_fingerprint,
+    digest,
+    explain,
+    model_signature,
+)
 
 CHECKPOINT_DIR = "checkpoint"
 BEST_DIR = "best"
 METRICS_FILE = "metrics.jsonl"
+# TrainConfig keys that change bookkeeping only, not the weights: resume across them.
+BOOKKEEPING_KEYS = ("log_every", "ckpt_every")
 
 
 @dataclass
@@ -61,6 +84,11 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
     seconds: float = 0.0
+
+
+def train_seed(cfg: TrainConfig) -> int:
+    """The run's seed; `None` (a TrainConfig built outside a `Config`) means 0."""
+    return 0 if cfg.seed is None else int(cfg.seed)
 
 
 def steps_per_epoch(num_samples: int, cfg: TrainConfig) -> int:
@@ -84,7 +112,7 @@ def epoch_indices(
     Materialising it lets a resumed run skip finished batches without loading them
     (loading would consume the augmentation RNG and break exact resume).
     """
-    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    generator = torch.Generator().manual_seed(train_seed(cfg) * 100_003 + epoch)
     if sampler_weights is not None:
         weights = torch.as_tensor(sampler_weights, dtype=torch.double)
         order = torch.multinomial(weights, num_samples, replacement=True, generator=generator)
@@ -134,10 +162,17 @@ def _epoch_loader(
         batch_size=local,
         sampler=mine,
         # Its own generator, so creating the iterator does not draw from the global RNG.
-        generator=torch.Generator().manual_seed(cfg.seed + epoch),
+        generator=torch.Generator().manual_seed(train_seed(cfg) + epoch),
         collate_fn=collate_fn,
         num_workers=num_workers,
     )
+
+
+def _base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The schedule's lr: timm's scheduler sets each group to base lr x its layer-decay scale."""
+    group = optimizer.param_groups[0]
+    scale = group.get("lr_scale", 1.0)
+    return group["lr"] / scale if scale > 0 else group["lr"]
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -164,6 +199,56 @@ def _resolve_model(task: nn.Module, model: nn.Module | None) -> nn.Module:
     return candidate if isinstance(candidate, nn.Module) else task
 
 
+def _weights_of(module: nn.Module) -> nn.Module:
+    """What a checkpoint stores: a wrapper's `checkpoint_module` (a `Classifier`'s timm net,
+    so every classifier checkpoint has timm's keys), else the module itself."""
+    return getattr(module, "checkpoint_module", module)
+
+
+def make_fingerprint(
+    cfg: TrainConfig,
+    trainable: nn.Module,
+    train_dataset: Dataset,
+    run_config: dict[str, Any] | None,
+    layer_decay: float | None,
+    data_hash: str | None,
+    upstream: list[str | Path] | tuple[str | Path, ...],
+) -> dict[str, Any]:
+    """{"digest", "parts", "settings"}: what a checkpoint of this call must have been made from."""
+    train = {k: v for k, v in to_dict(cfg).items() if k not in BOOKKEEPING_KEYS}
+    settings = {"train": train, "run": run_config or {}, "layer_decay": layer_decay}
+    parts = {
+        "settings": digest(settings),
+        "data": data_hash or dataset_fingerprint(train_dataset) or "unknown",
+        "model": model_signature(_weights_of(trainable)),
+    }
+    if upstream:
+        parts["upstream"] = artifact_digest(upstream)
+    return {"digest": digest(parts), "parts": parts, "settings": settings}
+
+
+def _saved_fingerprint(ckpt_dir: Path) -> dict[str, Any] | None:
+    path = ckpt_dir / CONFIG_FILE
+    try:
+        return json.loads(path.read_text()).get("fingerprint")
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is damaged or missing ({err})") from err
+
+
+def _resume(
+    ckpt_dir: Path,
+    trainable: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: ModelEmaV3 | None,
+    rank: int,
+) -> tuple[dict[str, Any], bool]:
+    """Load weights, optimizer, EMA and this rank's RNG; (progress, rng restored)."""
+    load_weights(ckpt_dir, _weights_of(trainable))
+    extra = {"ema": _weights_of(ema.module)} if ema is not None else None
+    progress = load_training_state(ckpt_dir, optimizer, extra)
+    return progress, restore_rng(ckpt_dir, rank)
+
+
 def fit(
     task: nn.Module,
     train_dataset: Dataset,
@@ -181,11 +266,18 @@ def fit(
     select_metric: str | None = None,
     num_workers: int = 0,
     on_step: Callable[[int], None] | None = None,
+    data_hash: str | None = None,
+    upstream: list[str | Path] | tuple[str | Path, ...] = (),
 ) -> FitResult:
-    """Train `task` on `train_dataset`; see the module docstring for the contract."""
+    """Train `task` on `train_dataset`; see the module docstring for the contract.
+
+    `data_hash` names the training data for the resume check; by default the dataset's own
+    `fingerprint()`. `upstream`: model folders this training builds on (an MAE encoder, a
+    teacher, a VAE); a checkpoint made on other upstream weights is not resumed.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
+    seed = train_seed(cfg)
     # One process runs several stages (`dermae run`) with different precisions; Accelerate
     # keeps its settings in a process-wide singleton, so forget the last stage's. The
     # distributed part (PartialState) is kept.
@@ -195,13 +287,16 @@ def fit(
         gradient_accumulation_steps=cfg.grad_accum,
         cpu=not torch.cuda.is_available(),
     )
+    # Own stream per process (seed + rank); the model was built (and seeded) by the caller.
+    seed_everything(seed, device_specific=True)
     trainable = _resolve_model(task, model)
     optimizer = create_optimizer_v2(
         trainable,
-        opt="adamw",
+        opt=cfg.opt,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         layer_decay=layer_decay,
+        betas=tuple(cfg.betas),  # dropped by timm for optimizers without betas
     )
     n_steps = total_steps(len(train_dataset), cfg)
     scheduler = CosineLRScheduler(
@@ -219,17 +314,35 @@ def fit(
     metrics_path = out_dir / METRICS_FILE
     ckpt_dir = out_dir / CHECKPOINT_DIR
     step, best = 0, None
-    stage_config = {"train": to_dict(cfg), **(run_config or {})}
-    if resume and (ckpt_dir / "training_state").exists():
-        load_weights(ckpt_dir, trainable)
-        extra = {"ema": ema.module} if ema is not None else None
-        progress = load_training_state(ckpt_dir, optimizer, extra)
-        step, best = progress["step"], progress.get("best")
-        restore_rng(ckpt_dir)
-        _truncate_jsonl(metrics_path, step)
-        accelerator.print(f"[{desc}] resumed from {ckpt_dir} at step {step}/{n_steps}")
-    elif accelerator.is_main_process:
+    fingerprint = make_fingerprint(
+        cfg, trainable, train_dataset, run_config, layer_decay, data_hash, upstream
+    )
+    stage_config = {"train": to_dict(cfg), **(run_config or {}), "fingerprint": fingerprint}
+    resumed = False
+    if resume and (ckpt_dir / STATE_DIR).exists():
+        try:
+            why = explain(_saved_fingerprint(ckpt_dir), fingerprint)
+            if why is None:
+                progress, rng_restored = _resume(
+                    ckpt_dir, trainable, optimizer, ema, accelerator.process_index
+                )
+                resumed = True
+        except CheckpointError as err:
+            raise CheckpointError(
+                f"[{desc}] cannot resume from {ckpt_dir}: {err}; {NO_RESUME_HINT}"
+            ) from err
+        if resumed:
+            step, best = progress["step"], progress.get("best")
+            if not rng_restored:  # more processes than when it was saved
+                seed_everything(seed + step, device_specific=True)
+            _truncate_jsonl(metrics_path, step)
+            accelerator.print(f"[{desc}] resumed from {ckpt_dir} at step {step}/{n_steps}")
+        else:
+            accelerator.print(f"[{desc}] not resuming {ckpt_dir}: {why}; training afresh")
+    if not resumed and accelerator.is_main_process:
         metrics_path.write_text("")
+        if (out_dir / BEST_DIR).exists():  # a stale run's best weights must not win
+            shutil.rmtree(out_dir / BEST_DIR)
 
     per_epoch = steps_per_epoch(len(train_dataset), cfg)
     eval_every = cfg.eval_every or per_epoch
@@ -239,12 +352,15 @@ def fit(
 
     def checkpoint() -> None:
         accelerator.wait_for_everyone()
+        rng_states = [rng_state()]
+        if accelerator.num_processes > 1:
+            rng_states = gather_object(rng_states)  # every rank's own stream, in rank order
         if not accelerator.is_main_process:
             return
         tmp = atomic_dir(ckpt_dir)
-        write_model_files(tmp, trainable, stage_config)
-        extra = {"ema": ema.module} if ema is not None else None
-        save_training_state(tmp, optimizer, {"step": step, "best": best}, extra)
+        write_model_files(tmp, _weights_of(trainable), stage_config)
+        extra = {"ema": _weights_of(ema.module)} if ema is not None else None
+        save_training_state(tmp, optimizer, {"step": step, "best": best}, extra, rng_states)
         commit_dir(tmp, ckpt_dir)
 
     def run_eval() -> dict[str, float]:
@@ -269,7 +385,8 @@ def fit(
                 "metric": select_metric,
             }
             if accelerator.is_main_process:
-                save_model(out_dir / BEST_DIR, trainable, {**stage_config, "best": best})
+                best_config = {**stage_config, "best": best}
+                save_model(out_dir / BEST_DIR, _weights_of(trainable), best_config)
         if backup is not None:
             trainable.load_state_dict(backup)
         return scores
@@ -324,7 +441,7 @@ def fit(
                     "step": step,
                     "epoch": step / per_epoch,
                     "loss": running_loss / max(running_count, 1),
-                    "lr": optimizer.param_groups[0]["lr"],
+                    "lr": _base_lr(optimizer),
                 }
                 running_loss, running_count = 0.0, 0
                 progress_bar.set_postfix(loss=f"{record['loss']:.4f}")
@@ -345,7 +462,7 @@ def fit(
     if ema is not None:
         trainable.load_state_dict(ema.module.state_dict())
     if select_metric and best is not None and (out_dir / BEST_DIR).exists():
-        load_weights(out_dir / BEST_DIR, trainable)
+        load_weights(out_dir / BEST_DIR, _weights_of(trainable))
     task = accelerator.unwrap_model(prepared_task)
     task.eval()
     return FitResult(

@@ -1,0 +1,83 @@
+"""How many torch CPU threads to use: what this process may really run on, set once at start-up.
+
+`os.cpu_count()` reports the machine's cores, not the ones a container or `taskset` grants,
+and OpenMP threads beyond those spin while they wait for a core (BENCHMARKS.md, "Threads").
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+THREADS_ENV = "DERMAE_THREADS"
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def affinity_cpus() -> int:
+    """CPUs this process may be scheduled on (taskset, cpusets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cgroup_cpus(path: Path = CGROUP_CPU_MAX) -> float | None:
+    """The cgroup v2 CPU quota in CPUs ("200000 100000" -> 2.0); None when unlimited or absent."""
+    try:
+        quota, period = path.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return int(quota) / int(period)
+
+
+def available_cpus() -> int:
+    """min(affinity, cgroup quota rounded down, at least 1)."""
+    cpus = affinity_cpus()
+    quota = cgroup_cpus()
+    if quota is not None:
+        cpus = min(cpus, max(1, math.floor(quota)))
+    return max(1, cpus)
+
+
+def resolve_threads(setting: int = 0) -> tuple[int, str]:
+    """(threads, where the number came from).
+
+    Order: the config's `threads` when > 0; else `DERMAE_THREADS`; else `OMP_NUM_THREADS` (the
+    habit the README used to recommend); else the CPUs this process may use, shared among the
+    processes of a `torchrun`/`accelerate launch` on this machine.
+    """
+    if setting > 0:
+        return setting, "config threads"
+    for name in (THREADS_ENV, "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            try:
+                if int(value) > 0:
+                    return int(value), name
+            except ValueError:
+                raise ValueError(f"{name}={value!r} must be a whole number of threads") from None
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cpus = available_cpus()
+    return max(1, cpus // local_processes), f"auto: {cpus} usable CPUs / {local_processes} proc"
+
+
+def apply_threads(setting: int = 0) -> tuple[int, str]:
+    """Resolve and apply (torch.set_num_threads); returns what `resolve_threads` returns."""
+    threads, source = resolve_threads(setting)
+    torch.set_num_threads(threads)
+    return threads, source
+
+
+__all__ = [
+    "THREADS_ENV",
+    "affinity_cpus",
+    "apply_threads",
+    "available_cpus",
+    "cgroup_cpus",
+    "resolve_threads",
+]
