@@ -162,6 +162,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="also serve /docs and /redoc (their scripts load from a CDN, so off by default)",
     )
     p.set_defaults(handler=_serve)
+
+    p = sub.add_parser(
+        "calibrate", help="re-choose an export's malignant threshold on a labelled site slice"
+    )
+    p.add_argument("--model", required=True, type=Path, help="export folder (dermae export)")
+    p.add_argument("--data", required=True, type=Path, help="labelled slice, any data layout")
+    p.add_argument("--layout", default="auto", choices=["auto", "ham10000", "isic", "folders"])
+    p.add_argument("--site", help="site name for the model card (default: the data folder)")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--target-specificity", type=float, help="default 0.9")
+    target.add_argument("--target-sensitivity", type=float)
+    p.add_argument("--temperature", action="store_true", help="also fit temperature scaling")
+    p.add_argument(
+        "--holdout",
+        type=float,
+        metavar="FRAC",
+        help="evaluate instead: hold out FRAC of the lesions, calibrate on the rest, compare "
+        "fixed and adapted thresholds on the held-out part (the export is not changed)",
+    )
+    p.add_argument("--sizes", default="50,100,200", help="slice sizes to report CIs for")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="--holdout: where to write its JSON")
+    p.set_defaults(handler=_calibrate)
     return parser
 
 
@@ -208,6 +232,23 @@ def _export(args: argparse.Namespace) -> Any:
 def _predict(args: argparse.Namespace) -> Any:
     return _lazy("dermae.deploy.predictor:predict_command")(
         args.inputs, args.model, out=args.out, fmt=args.format
+    )
+
+
+def _calibrate(args: argparse.Namespace) -> Any:
+    return _lazy("dermae.deploy.calibrate:calibrate_command")(
+        args.model,
+        args.data,
+        layout=args.layout,
+        site=args.site,
+        target_specificity=args.target_specificity,
+        target_sensitivity=args.target_sensitivity,
+        temperature=args.temperature,
+        holdout=args.holdout,
+        sizes=[int(n) for n in args.sizes.split(",") if n.strip()],
+        n_boot=args.bootstrap,
+        seed=args.seed,
+        out=args.out,
     )
 
 

@@ -232,6 +232,20 @@ def render_markdown(card: dict[str, Any]) -> str:
                 f"{k} {v:+.4f}" for k, v in quant["test_delta_vs_fp32"].items() if v is not None
             )
             lines.append(f"- int8 change vs fp32 on the test split: {deltas}.")
+    site = card.get("site_calibration")
+    if site:
+        target = site["target"]
+        lines += [
+            "",
+            "## Site calibration",
+            f"- The threshold above was re-chosen for site **{site['site']}** on "
+            f"{site['slice']['n_images']} labelled images ({site['slice']['n_malignant']} "
+            f"malignant) of `{site['slice']['path']}`, for {target['kind']} {target['value']}; "
+            f"temperature {site.get('temperature') or 'none'}. The HAM10000 threshold is kept "
+            "in preprocess.json under threshold.ham10000.",
+            f"- On that slice (in-sample): sensitivity {site['on_slice']['sensitivity']:.3f}, "
+            f"specificity {site['on_slice']['specificity']:.3f}. Full record: {site['record']}.",
+        ]
     lines += ["", "## Limitations", *[f"- {item}" for item in card["limitations"]], ""]
     return "\n".join(lines)
 

@@ -32,7 +32,7 @@ from dermae.deploy.images import (
     load_image,
     preprocess_image,
 )
-from dermae.deploy.spec import load_spec, malignant_risk
+from dermae.deploy.spec import apply_temperature, load_spec, malignant_risk
 
 CSV_PATH_COLUMNS = ("path", "file", "filepath", "image_path", "image")
 FORMATS = ("table", "json", "csv")
@@ -124,10 +124,14 @@ class Predictor:
         if self.backend == "onnx":
             from dermae.deploy.runtime import run_probs
 
-            return run_probs(self._session, images, self.batch_size)
-        from dermae.deploy.export import torch_probs
+            probs = run_probs(self._session, images, self.batch_size)
+        else:
+            from dermae.deploy.export import torch_probs
 
-        return torch_probs(self._model, images, self.batch_size)
+            probs = torch_probs(self._model, images, self.batch_size)
+        # A site calibration (`dermae calibrate --temperature`) may rescale the probabilities;
+        # its threshold was chosen on the rescaled risk.
+        return apply_temperature(probs, self.spec.get("temperature"))
 
     def load(self, source: str | Path | bytes, name: str | None = None) -> np.ndarray:
         """A file or bytes -> float32 [3, S, S] in [0, 1]; raises ImageError if unusable."""

@@ -119,6 +119,18 @@ def load_spec(model_dir: str | Path) -> dict[str, Any]:
     )
 
 
+def apply_temperature(probs: np.ndarray, temperature: float | None) -> np.ndarray:
+    """Temperature scaling on probabilities: softmax(log p / T) == softmax(logits / T), because
+    log p differs from the logits by a per-row constant. None or 1 leaves `probs` as they are.
+    `dermae calibrate --temperature` writes T into preprocess.json ("temperature")."""
+    if temperature is None or float(temperature) == 1.0:
+        return probs
+    logits = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, None)) / float(temperature)
+    logits -= logits.max(axis=1, keepdims=True)
+    scaled = np.exp(logits)
+    return (scaled / scaled.sum(axis=1, keepdims=True)).astype(np.asarray(probs).dtype)
+
+
 def malignant_risk(probs: np.ndarray, malignant_index: list[int]) -> np.ndarray:
     """probs [N, C] -> [N] summed probability of the malignant classes."""
     return np.asarray(probs)[:, list(malignant_index)].sum(axis=1)
