@@ -16,6 +16,7 @@ it speeds up large originals (600x450 at 64 px decodes at half scale) without co
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -149,17 +150,50 @@ def _report_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.stem + ".cache.json")
 
 
+def check_cache_file(out_path: str | Path) -> str:
+    """'' when `out_path` is whole, else what is wrong with it. Cheap (no pixels read): the
+    .npy header must give the shape its images.cache.json records, and the file must hold
+    exactly that many bytes (a copy or write cut short leaves a valid header on a short file)."""
+    out_path = Path(out_path)
+    try:
+        meta = json.loads(_report_path(out_path).read_text())
+        side = int(meta["image_size"])
+        expected = (int(meta["n"]), side, side, 3)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"its record {_report_path(out_path).name} is missing or unreadable ({err})"
+    try:
+        with open(out_path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(f)
+            offset = f.tell()
+        size = os.path.getsize(out_path)
+    except (OSError, ValueError) as err:
+        return f"not a readable .npy file ({err})"
+    if shape != expected or dtype != np.uint8 or fortran:
+        return f"its header says {dtype} {shape}, expected uint8 {expected}"
+    want = offset + int(np.prod(shape))
+    if size != want:
+        return f"{size} bytes on disk, {want} expected: the file is truncated or padded"
+    return ""
+
+
 def _read_report(out_path: Path, key: str, n: int, image_size: int) -> CacheReport | None:
     report_path = _report_path(out_path)
     if not (out_path.exists() and report_path.exists()):
         return None
     try:
         meta = json.loads(report_path.read_text())
-        shape = np.load(out_path, mmap_mode="r").shape
     except (OSError, ValueError):
         return None
-    if meta.get("key") != key or shape != (n, image_size, image_size, 3):
+    if meta.get("key") != key or (meta.get("n"), meta.get("image_size")) != (n, image_size):
         return None
+    if check_cache_file(out_path):
+        return None  # damaged: rebuild
     return CacheReport(
         path=out_path,
         key=key,
@@ -169,6 +203,21 @@ def _read_report(out_path: Path, key: str, n: int, image_size: int) -> CacheRepo
         reused=True,
         seconds=float(meta["seconds"]),
     )
+
+
+def _reserve_disk(path: Path) -> None:
+    """Allocate the whole memory-mapped file now: a full disk then fails here with ENOSPC
+    instead of killing the process with SIGBUS when a page of the map is first written."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise  # file systems without fallocate keep the old behaviour
+    finally:
+        os.close(fd)
 
 
 def build_image_cache(
@@ -194,29 +243,40 @@ def build_image_cache(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
     shape = (len(paths), image_size, image_size, 3)
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
     failures: dict[int, str] = {}
     converted: Counter[str] = Counter()
-    jobs = [(str(p), image_size) for p in paths]
-    bar = tqdm(
-        total=len(jobs),
-        desc=f"cache {image_size}px",
-        unit="img",
-        disable=None if progress else True,
-    )
-    with bar, ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
-        results = pool.map(_load_one, jobs, chunksize=64) if pool else map(_load_one, jobs)
-        for i, (pixels, conversion, error) in enumerate(results):
-            bar.update()
-            if error is not None:
-                failures[i] = error
-                continue
-            array[i] = pixels
-            if conversion is not None:
-                converted[conversion] += 1
-    array.flush()
-    del array
-    os.replace(tmp, out_path)
+    try:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        _reserve_disk(tmp)
+        jobs = [(str(p), image_size) for p in paths]
+        bar = tqdm(
+            total=len(jobs),
+            desc=f"cache {image_size}px",
+            unit="img",
+            disable=None if progress else True,
+        )
+        with bar, ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+            results = pool.map(_load_one, jobs, chunksize=64) if pool else map(_load_one, jobs)
+            for i, (pixels, conversion, error) in enumerate(results):
+                bar.update()
+                if error is not None:
+                    failures[i] = error
+                    continue
+                array[i] = pixels
+                if conversion is not None:
+                    converted[conversion] += 1
+        array.flush()
+        del array
+        os.replace(tmp, out_path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)  # never leave a half-written cache behind
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            need = int(np.prod(shape)) / 2**20
+            raise DataError(
+                f"no space left on the device of {out_path} (the image cache needs {need:.1f} "
+                "MiB): free some space, or set run_dir to a folder on another disk"
+            ) from err
+        raise
     report = CacheReport(
         path=out_path,
         key=key,

@@ -59,6 +59,12 @@ BINARY_LABELS = {"benign": 0, "malignant": 1}
 METADATA_COLUMNS = frozenset(c for names in ALIASES.values() for c in names)
 SKIP_HINT = "or set data.skip_bad=true to skip such rows (they are then listed in skipped.csv)"
 MAX_LISTED = 10
+# data.group_missing_lesions: a blank lesion_id is an error, or the image is its own lesion.
+MISSING_LESION_POLICIES = ("error", "image")
+MISSING_LESION_REASON = (
+    "no lesion_id: fill it in, or set data.group_missing_lesions=image to treat each such "
+    "image as its own lesion"
+)
 
 
 @dataclass
@@ -69,6 +75,8 @@ class IngestResult:
     source: Path  # the CSV read, or the class-folder root
     skipped: list[dict] = field(default_factory=list)  # {"row", "file", "reason"}
     notes: list[str] = field(default_factory=list)  # facts worth printing (nothing dropped)
+    source_rows: dict[str, int] = field(default_factory=dict)  # image_id -> CSV line
+    missing_lesions: int = 0  # rows without lesion_id grouped as their own lesion (opt-in)
 
 
 class _Problems:
@@ -81,18 +89,24 @@ class _Problems:
     def add(self, row: int | str, file: str | Path, reason: str) -> None:
         self.items.append({"row": row, "file": str(file), "reason": reason})
 
-    def raise_if_any(self, what: str) -> None:
-        if self.skip_bad or not self.items:
+    def raise_if_any(self, what: str, force: bool = False) -> None:
+        """Raise when there are problems, unless skipping them (`force`: nothing is left)."""
+        if (self.skip_bad and not force) or not self.items:
             return
-        lines = [_describe(p) for p in self.items[:MAX_LISTED]]
-        more = len(self.items) - MAX_LISTED
-        if more > 0:
-            lines.append(f"... and {more} more")
-        raise DataError(
-            f"{len(self.items)} problem(s) in {what}:\n  "
-            + "\n  ".join(lines)
-            + f"\nFix or remove these entries, {SKIP_HINT}."
-        )
+        raise problems_error(self.items, what)
+
+
+def problems_error(items: list[dict], what: str) -> DataError:
+    """One error listing bad rows ({"row", "file", "reason"}), the first MAX_LISTED in full."""
+    lines = [_describe(p) for p in items[:MAX_LISTED]]
+    more = len(items) - MAX_LISTED
+    if more > 0:
+        lines.append(f"... and {more} more")
+    return DataError(
+        f"{len(items)} problem(s) in {what}:\n  "
+        + "\n  ".join(lines)
+        + f"\nFix or remove these entries, {SKIP_HINT}."
+    )
 
 
 def _describe(problem: dict) -> str:
@@ -255,18 +269,39 @@ def _text(values: pd.Series | None, n: int) -> list[str]:
     return [v.strip() if v.strip() else "unknown" for v in values]
 
 
+def outside_root_reason(path: Path, root: Path, shown: str | Path) -> str:
+    """'' when `path` (symlinks followed) lies under `root`, else why it is refused."""
+    resolved = path.resolve()
+    if resolved.is_relative_to(root.resolve()):
+        return ""
+    return (
+        f"'{shown}' resolves to {resolved}, outside the data root {root}: move the image under "
+        "the root, or set data.allow_outside_root=true to read it anyway"
+    )
+
+
 def _resolve_image(
-    image_id: str, file_value: str, base: Path, index: dict[str, list[Path]]
+    image_id: str,
+    file_value: str,
+    base: Path,
+    index: dict[str, list[Path]],
+    allow_outside_root: bool = False,
 ) -> tuple[Path | None, str]:
-    """The image file of one CSV row, or (None, reason)."""
+    """The image file of one CSV row, or (None, reason). A path that leaves `base` (`..`, an
+    absolute path, a symlink) is refused unless allowed: a CSV should not read arbitrary files."""
+
+    def checked(path: Path, shown: str | Path) -> tuple[Path | None, str]:
+        reason = "" if allow_outside_root else outside_root_reason(path, base, shown)
+        return (None, reason) if reason else (path.resolve(), "")
+
     if file_value:
         given = Path(file_value).expanduser()
         candidate = given if given.is_absolute() else base / given
         if candidate.is_file():
-            return candidate.resolve(), ""
+            return checked(candidate, file_value)
     found = index.get(image_id, [])
     if len(found) == 1:
-        return found[0].resolve(), ""
+        return checked(found[0], found[0].relative_to(base))
     if len(found) > 1:
         listed = ", ".join(str(p.relative_to(base)) for p in found[:3])
         return None, f"several files match image id {image_id} ({listed}); keep only one"
@@ -285,6 +320,7 @@ def _finish(
     source: Path,
     notes: list[str],
     evaluation_only: bool = False,
+    source_rows: dict[str, int] | None = None,
 ) -> IngestResult:
     """Check for empty classes, then build the table."""
     present = {r["diagnosis"] for r in records}
@@ -292,7 +328,7 @@ def _finish(
         class_names = [c for c in class_names if c in present]
     for name in [c for c in class_names if c not in present]:
         problems.add("", source, f"class '{name}' has no images; add images or drop the class")
-    problems.raise_if_any(str(source))
+    problems.raise_if_any(str(source), force=not records)
     class_names = [c for c in class_names if c in present]
     if not records:
         raise DataError(f"no usable images in {source}; check data.root and data.layout")
@@ -307,7 +343,9 @@ def _finish(
             f"no class is a known malignant code ({', '.join(sorted(MALIGNANT_CODES))}): "
             "malignant-vs-benign metrics will be undefined"
         )
-    return IngestResult(rows, class_names, layout, source, problems.items, notes)
+    return IngestResult(
+        rows, class_names, layout, source, problems.items, notes, dict(source_rows or {})
+    )
 
 
 def _ordered_classes(names: Iterable[str]) -> list[str]:
@@ -336,11 +374,22 @@ def _require(table: pd.DataFrame, path: Path, needed: dict[str, str | None]) -> 
         )
 
 
+def _missing_lesions_note(csv: Path, count: int) -> str:
+    return (
+        f"{csv.name}: {count} row(s) have no lesion_id; each was grouped as its own lesion "
+        "(data.group_missing_lesions=image), so images of one lesion may land in different splits"
+    )
+
+
 # ----------------------------------------------------------------------------- layouts
 
 
 def ingest_ham10000(
-    csv: Path, skip_bad: bool = False, evaluation_only: bool = False
+    csv: Path,
+    skip_bad: bool = False,
+    evaluation_only: bool = False,
+    missing_lesions: str = "error",
+    allow_outside_root: bool = False,
 ) -> IngestResult:
     table = _read_csv(csv)
     cols = {k: _pick_column(table.columns, k) for k in ALIASES}
@@ -369,6 +418,7 @@ def ingest_ham10000(
 
     first_line: dict[str, int] = {}
     records = []
+    grouped_by_image = 0
     for i in range(n):
         line = i + 2  # header is line 1
         image_id = ids[i]
@@ -396,10 +446,16 @@ def ingest_ham10000(
                 f"(known: {', '.join(sorted(KNOWN_DIAGNOSES))})",
             )
             continue
-        path, reason = _resolve_image(image_id, files[i], base, index)
+        path, reason = _resolve_image(image_id, files[i], base, index, allow_outside_root)
         if path is None:
             problems.add(line, csv, reason)
             continue
+        if cols["group_id"] and not groups[i]:
+            # A silent own group would let one lesion's images straddle train and test.
+            if missing_lesions != "image":
+                problems.add(line, csv, f"{image_id}: {MISSING_LESION_REASON}")
+                continue
+            grouped_by_image += 1
         records.append(
             {
                 "image_id": image_id,
@@ -413,9 +469,15 @@ def ingest_ham10000(
                 "dx_type": dx_type[i],
             }
         )
+    if grouped_by_image:
+        notes.append(_missing_lesions_note(csv, grouped_by_image))
     # Label-only rows (a diagnosis outside the vocabulary) are no class of the set.
     classes = _ordered_classes(r["diagnosis"] for r in records if r["malignant"] is None)
-    return _finish(records, classes, problems, "ham10000", csv, notes, evaluation_only)
+    result = _finish(
+        records, classes, problems, "ham10000", csv, notes, evaluation_only, first_line
+    )
+    result.missing_lesions = grouped_by_image
+    return result
 
 
 def _is_zero_one(value: str) -> bool | None:
@@ -427,7 +489,13 @@ def _is_zero_one(value: str) -> bool | None:
     return {0.0: False, 1.0: True}.get(number)
 
 
-def ingest_isic(csv: Path, skip_bad: bool = False, evaluation_only: bool = False) -> IngestResult:
+def ingest_isic(
+    csv: Path,
+    skip_bad: bool = False,
+    evaluation_only: bool = False,
+    missing_lesions: str = "error",
+    allow_outside_root: bool = False,
+) -> IngestResult:
     table = _read_csv(csv)
     image_col = "image" if "image" in table.columns else _pick_column(table.columns, "image_id")
     if image_col is None:
@@ -472,6 +540,7 @@ def ingest_isic(csv: Path, skip_bad: bool = False, evaluation_only: bool = False
     onehot = {col: [_is_zero_one(v) for v in table[col]] for col in class_cols}
     first_line: dict[str, int] = {}
     records = []
+    grouped_by_image = 0
     for i in range(n):
         line = i + 2
         image_id = table[image_col].iloc[i].strip()
@@ -504,10 +573,15 @@ def ingest_isic(csv: Path, skip_bad: bool = False, evaluation_only: bool = False
                 "expected exactly one 1 (unknown diagnosis)",
             )
             continue
-        path, reason = _resolve_image(image_id, files[i], base, index)
+        path, reason = _resolve_image(image_id, files[i], base, index, allow_outside_root)
         if path is None:
             problems.add(line, csv, reason)
             continue
+        if group_col and not groups[i]:
+            if missing_lesions != "image":
+                problems.add(line, csv, f"{image_id}: {MISSING_LESION_REASON}")
+                continue
+            grouped_by_image += 1
         records.append(
             {
                 "image_id": image_id,
@@ -521,14 +595,21 @@ def ingest_isic(csv: Path, skip_bad: bool = False, evaluation_only: bool = False
                 "dx_type": dx_type[i],
             }
         )
+    if grouped_by_image:
+        notes.append(_missing_lesions_note(csv, grouped_by_image))
     classes = _ordered_classes(names.values())
-    return _finish(records, classes, problems, "isic", csv, notes, evaluation_only)
-
     if evaluation_only:  # a class column outside the vocabulary only labels rows
         classes = [c for c in classes if c in KNOWN_DIAGNOSES]
+    result = _finish(records, classes, problems, "isic", csv, notes, evaluation_only, first_line)
+    result.missing_lesions = grouped_by_image
+    return result
+
 
 def ingest_folders(
-    root: Path, skip_bad: bool = False, evaluation_only: bool = False
+    root: Path,
+    skip_bad: bool = False,
+    evaluation_only: bool = False,
+    allow_outside_root: bool = False,
 ) -> IngestResult:
     problems = _Problems(skip_bad)
     notes: list[str] = []
@@ -562,6 +643,10 @@ def ingest_folders(
                 )
                 continue
             seen[image_id] = path
+            outside = "" if allow_outside_root else outside_root_reason(path, root, path)
+            if outside:
+                problems.add("", path, outside)
+                continue
             records.append(
                 {
                     "image_id": image_id,
@@ -584,19 +669,33 @@ def ingest_folders(
 
 
 def ingest_dataset(
-    root: str | Path, layout: str = "auto", skip_bad: bool = False, evaluation_only: bool = False
+    root: str | Path,
+    layout: str = "auto",
+    skip_bad: bool = False,
+    evaluation_only: bool = False,
+    missing_lesions: str = "error",
+    allow_outside_root: bool = False,
 ) -> IngestResult:
     """Read any supported layout. Bad rows raise one `DataError` listing them all, unless
     `skip_bad`, in which case they are returned in `.skipped` (row, file, reason).
 
     `evaluation_only`: a set that is only scored (e.g. a clinic's nevus-vs-melanoma set) may
     lack classes; the class list is then what the set holds.
+    `missing_lesions`: "error" makes a blank lesion_id a bad row; "image" groups it by image.
+    `allow_outside_root`: read image paths that resolve outside the dataset folder.
     """
+    if missing_lesions not in MISSING_LESION_POLICIES:
+        raise DataError(
+            f"data.group_missing_lesions='{missing_lesions}' is unknown; use one of "
+            f"{', '.join(MISSING_LESION_POLICIES)}"
+        )
     kind, source = detect_layout(root, layout)
     if kind == "ham10000":
-        result = ingest_ham10000(source, skip_bad, evaluation_only)
+        result = ingest_ham10000(
+            source, skip_bad, evaluation_only, missing_lesions, allow_outside_root
+        )
     elif kind == "isic":
-        result = ingest_isic(source, skip_bad, evaluation_only)
+        result = ingest_isic(source, skip_bad, evaluation_only, missing_lesions, allow_outside_root)
     else:
-        result = ingest_folders(source, skip_bad, evaluation_only)
+        result = ingest_folders(source, skip_bad, evaluation_only, allow_outside_root)
     return result

@@ -18,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 
 from dermae.config import Config, DataConfig
-from dermae.data.cache import build_image_cache
+from dermae.data.cache import build_image_cache, check_cache_file
 from dermae.data.classes import MALIGNANT_CODES
 from dermae.data.errors import DataError
-from dermae.data.ingest import SKIP_HINT, detect_layout, fingerprint_tree, ingest_dataset
+from dermae.data.ingest import detect_layout, fingerprint_tree, ingest_dataset, problems_error
 from dermae.data.prepared import MANIFEST_COLUMNS, SPLITS, PreparedData, data_dir, load_prepared
 from dermae.data.splits import assign_splits, subset_groups
 
@@ -64,9 +64,16 @@ def _is_prepared(out: Path, key: dict) -> bool:
     ):
         return False
     try:
-        return json.loads(info_path.read_text()).get("key") == key
+        if json.loads(info_path.read_text()).get("key") != key:
+            return False
     except (OSError, ValueError):
         return False
+    # The key says what was made; check that what is on disk is still whole.
+    damage = check_cache_file(out / "images.npy")
+    if damage:
+        print(f"data: {out / 'images.npy'} is damaged ({damage}); rebuilding it")
+        return False
+    return True
 
 
 def is_prepared(cfg: DataConfig, run_dir: str | Path) -> bool:
@@ -77,8 +84,12 @@ def is_prepared(cfg: DataConfig, run_dir: str | Path) -> bool:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: leave no half-written file behind
+        raise
 
 
 def _set_aside_synthetic(out: Path) -> None:
@@ -168,7 +179,16 @@ def _prepare(
     (out / "info.json").unlink(missing_ok=True)  # incomplete until rewritten at the end
     _set_aside_synthetic(out)
 
-    ingested = ingest_dataset(cfg.root, cfg.layout, skip_bad=cfg.skip_bad, evaluation_only=external)
+    # Ingest never raises for bad rows here: its problems and the decode failures below are
+    # reported together, so one run shows everything to fix.
+    ingested = ingest_dataset(
+        cfg.root,
+        cfg.layout,
+        skip_bad=True,
+        evaluation_only=external,
+        missing_lesions=cfg.group_missing_lesions,
+        allow_outside_root=cfg.allow_outside_root,
+    )
     for note in ingested.notes:
         print(f"data: note: {note}")
     skipped = list(ingested.skipped)
@@ -180,19 +200,17 @@ def _prepare(
     rows["cache_index"] = range(len(rows))
     if cache.failures:
         bad = rows.loc[sorted(cache.failures)]
-        if not cfg.skip_bad:
-            listed = "\n  ".join(cache.failures[i] for i in sorted(cache.failures)[:10])
-            more = len(cache.failures) - 10
-            raise DataError(
-                f"{len(cache.failures)} image(s) could not be decoded:\n  {listed}"
-                + (f"\n  ... and {more} more" if more > 0 else "")
-                + f"\nReplace or remove them, {SKIP_HINT}."
-            )
         skipped += [
-            {"row": "", "file": path, "reason": cache.failures[i]}
-            for i, path in zip(bad.index, bad["path"], strict=True)
+            {
+                "row": ingested.source_rows.get(image_id, ""),
+                "file": path,
+                "reason": cache.failures[i].removeprefix(f"{path}: "),
+            }
+            for i, image_id, path in zip(bad.index, bad["image_id"], bad["path"], strict=True)
         ]
         rows = rows.drop(index=bad.index)
+    if skipped and not cfg.skip_bad:
+        raise problems_error(skipped, str(ingested.source))
 
     present = set(rows["diagnosis"])
     diagnoses = [c for c in ingested.class_names if c in present]
@@ -247,6 +265,8 @@ def _prepare(
         "source": str(ingested.source),
         "root": str(resolve_root(cfg.root)),
         "notes": ingested.notes,
+        # Rows without lesion_id that data.group_missing_lesions=image made their own lesion.
+        "missing_lesion_ids": ingested.missing_lesions,
         "cache": {"key": cache.key, "reused": cache.reused, "seconds": round(cache.seconds, 2)},
         "seconds": round(time.perf_counter() - start, 2),
         "key": key,
