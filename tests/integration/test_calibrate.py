@@ -25,6 +25,7 @@ from dermae.deploy.export import export_onnx
 from dermae.deploy.predictor import Predictor
 from dermae.deploy.spec import apply_temperature
 from dermae.evaluate.metrics import choose_threshold, operating_point
+from dermae.evaluate.summary import external_section
 from tests.helpers.tiny_data import torch_threads
 
 SIZE = 16
@@ -178,6 +179,17 @@ def test_holdout_compares_fixed_and_adapted_thresholds_without_changing_the_expo
     assert p["specificity_adapted_minus_fixed"] == pytest.approx(
         p["adapted_specificity"] - p["fixed_specificity"]
     )
+
+    # The command writes the same comparison next to the export, and the report shows it.
+    args = ["calibrate", "--model", str(export), "--data", str(root), "--holdout", "0.5"]
+    assert main([*args, "--target-specificity", "0.8", "--bootstrap", "50"]) == 0
+    written = json.loads((tmp_path / "calibrate-holdout-site.json").read_text())
+    assert written["on_test_part"] == result["on_test_part"]
+    section = external_section(tmp_path)
+    rows = section.tables[0]["rows"]
+    assert [r["threshold"] for r in rows] == ["fixed", "adapted"]
+    assert rows[0]["value"] == HAM_THRESHOLD
+    assert rows[1]["specificity (test part)"].startswith(f"{p['adapted_specificity']:.3f}")
 
 
 def test_calibrate_command_line(export, tmp_path, capsys):

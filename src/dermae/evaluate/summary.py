@@ -298,7 +298,8 @@ def external_section(run_dir: Path) -> Section | None:
         for where in ("evaluate", "ablate")
     ]
     found = [(where, summary) for where, summary in found if summary and summary.get("table")]
-    if not found:
+    holdouts = sorted(run_dir.glob("calibrate-holdout-*.json"))  # dermae calibrate --holdout
+    if not found and not holdouts:
         return None
     paragraphs = [
         "The internal test split and each external set, scored the same way. Malignant "
@@ -308,17 +309,43 @@ def external_section(run_dir: Path) -> Section | None:
         "threshold chosen on HAM10000 validation: a site where specificity moves far from the "
         "target needs `dermae calibrate`. 95% bootstrap CIs; the unit is given per row."
     ]
-    for summary in (s for _, s in found):
-        for name, about in summary.get("sets", {}).items():
-            paragraphs.append(
-                f"{name}: {about.get('source')} ({about.get('layout')} layout); "
-                f"{about.get('n_skipped', 0)} row(s) without a usable label skipped, listed in "
-                f"{about.get('skipped_csv')}."
-            )
+    sets = {name: about for _, summary in found for name, about in summary["sets"].items()}
+    for name, about in sets.items():
+        paragraphs.append(
+            f"{name}: {about.get('source')} ({about.get('layout')} layout); "
+            f"{about.get('n_skipped', 0)} row(s) without a usable label skipped, listed in "
+            f"{about.get('skipped_csv')}."
+        )
     tables = [
         {"rows": summary["table"], "caption": f"Internal vs external ({where})"}
         for where, summary in found
     ]
+    for path in holdouts:
+        result = json.loads(path.read_text())
+        paragraphs.append(
+            f"Site adaptation, {result['data']}: threshold chosen on "
+            f"{result['calibration_part']['n_images']} images, tested on "
+            f"{result['test_part']['n_images']} held-out images (split {result['split']})."
+        )
+        tables.append(
+            {
+                "rows": [
+                    {
+                        "threshold": name,
+                        "value": result[f"{name}_threshold"]["malignant_risk"],
+                        **{
+                            f"{m} (test part)": format_ci(
+                                result["on_test_part"][f"{name}_{m}"],
+                                result["ci95"][f"{name}_{m}"],
+                            )
+                            for m in ("sensitivity", "specificity")
+                        },
+                    }
+                    for name in ("fixed", "adapted")
+                ],
+                "caption": f"Fixed HAM10000 vs adapted threshold ({path.name})",
+            }
+        )
     return Section("Internal and external validation", paragraphs, tables)
 
 
