@@ -268,6 +268,8 @@ OS_ERROR_HINTS = {
     errno.ENAMETOOLONG: "a name on this path is over 255 bytes: use a shorter one",
     errno.EISDIR: "a folder is where a file was expected: choose a file path",
     errno.ENOENT: "check the path",
+    errno.EADDRINUSE: "another program listens on this port: pick another --port",
+    errno.EADDRNOTAVAIL: "this machine has no such address: check --host",
 }
 
 
@@ -276,12 +278,13 @@ def _os_error_text(err: OSError) -> str:
     if err.errno is None:
         return str(err)  # raised with a message of its own
     path = Path(err.filename) if err.filename else None
-    hint = OS_ERROR_HINTS.get(err.errno, "check the path and its permissions")
+    hint = OS_ERROR_HINTS.get(err.errno, "check the path and its permissions" if path else "")
     if err.errno in (errno.ENOTDIR, errno.EEXIST) and path is not None:
         blocker = path if path.is_file() else _file_on_path(path)
         if blocker is not None:
             hint = f"{blocker} is a file, not a folder: remove it, or choose another path"
-    return f"{path}: {err.strerror} ({hint})" if path else f"{err.strerror} ({hint})"
+    text = f"{path}: {err.strerror}" if path else str(err.strerror)
+    return f"{text} ({hint})" if hint else text
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -162,6 +162,11 @@ def test_os_error_text_names_the_path_and_remedy(a_file: Path) -> None:
     assert "free some space" in _os_error_text(err)
     err = OSError(errno.ENAMETOOLONG, "File name too long", "/r/" + "n" * 300)
     assert "over 255 bytes" in _os_error_text(err)
+    err = OSError(errno.EADDRINUSE, "Address already in use")
+    assert _os_error_text(err) == (
+        "Address already in use (another program listens on this port: pick another --port)"
+    )
+    assert _os_error_text(OSError(errno.EIO, "Input/output error")) == "Input/output error"
     assert _os_error_text(FileNotFoundError("run `dermae data prepare` first")) == (
         "run `dermae data prepare` first"
     )
