@@ -1,0 +1,99 @@
+"""The ablation's pieces: ROC sensitivity, the verdict, the simple-fix choice, the synth filter."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dermae.classify import baseline as baseline_module
+from dermae.classify.baseline import chosen_loss, train_baseline
+from dermae.config import load_config
+from dermae.data.prepared import ACCEPTED_FILE, accepted_synthetic
+from dermae.evaluate.ablation import roc_sensitivity_at, verdict
+from dermae.synth.quality import write_filter
+
+
+def test_roc_sensitivity_is_read_where_the_roc_reaches_the_specificity():
+    # Two classes, class 1 malignant; risk = p[:, 1].
+    benign_risk = np.linspace(0.0, 0.9, 10)  # 90th percentile ("higher") = 0.9
+    malignant_risk = np.array([0.95, 0.92, 0.5, 0.1])
+    risk = np.concatenate([benign_risk, malignant_risk])
+    probs = np.column_stack([1 - risk, risk])
+    y = np.array([0] * 10 + [1] * 4)
+    assert roc_sensitivity_at(0.9, [1])(y, probs) == pytest.approx(0.5)
+    assert roc_sensitivity_at(0.9, [1])(np.zeros(14, int), probs) is None
+
+
+def test_verdict_reads_the_paired_interval():
+    comparisons = {
+        "d - b": {"balanced_accuracy": {"diff": 0.06, "ci": (0.01, 0.11)}},
+        "a - b": {"balanced_accuracy": {"diff": -0.1, "ci": (-0.15, -0.05)}},
+        "c - b": {"balanced_accuracy": {"diff": 0.01, "ci": (-0.02, 0.04)}},
+        "e - b": {"balanced_accuracy": {"diff": 0.01, "ci": (None, None)}},
+    }
+    lines = verdict(comparisons).splitlines()
+    assert lines[0] == "- d - b: +0.060 (+0.010 to +0.110), better than (b)"
+    assert lines[1].endswith("worse than (b)")
+    assert lines[2].endswith("not distinguishable from (b)")
+    assert "undefined" in lines[3]
+
+
+def _fake_trained(run_dir, scores):
+    def fake(cfg, run_dir_, stage, stage_cfg, synthetic_ratio=0.0, resume=True):
+        folder = run_dir / stage / "model"
+        folder.mkdir(parents=True)
+        best = {"score": scores[stage_cfg.loss]}
+        (folder / "config.json").write_text(json.dumps({"loss": stage_cfg.loss, "best": best}))
+        return folder
+
+    return fake
+
+
+def test_auto_simple_fix_keeps_the_better_loss_on_validation(tmp_path, monkeypatch):
+    scores = {"weighted_ce": 0.41, "balanced_sampler": 0.47}
+    monkeypatch.setattr(baseline_module, "train_baseline", _fake_trained(tmp_path, scores))
+    saved = {}
+
+    def fake_load(folder):
+        return "model", json.loads((folder / "config.json").read_text())
+
+    def fake_save(folder, model, config):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(config))
+        saved.update(config)
+        return folder
+
+    monkeypatch.setattr(baseline_module, "load_classifier", fake_load)
+    monkeypatch.setattr(baseline_module, "save_classifier", fake_save)
+    cfg = load_config(None, ["baseline.loss=auto", f"run_dir={tmp_path}"])
+    folder = train_baseline(cfg, tmp_path)  # the real entry: it dispatches on loss=auto
+    assert folder == tmp_path / "baseline" / "model"
+    assert saved["loss"] == "balanced_sampler"
+    assert saved["simple_fix"]["val_balanced_accuracy"] == scores
+    assert chosen_loss(tmp_path, "baseline") == "balanced_sampler"
+    assert chosen_loss(tmp_path, "ce") == "ce"
+
+
+def test_filter_keeps_recognised_images_that_are_no_near_copies(tmp_path):
+    (tmp_path / "synthetic").mkdir()
+    table = pd.DataFrame(
+        {
+            "image_id": ["s0", "s1", "s2", "s3"],
+            "class": ["mel", "mel", "bcc", "bcc"],
+            "near_copy_feature": [False, True, False, False],
+            "near_copy_pixel": [False, False, False, True],
+        }
+    )
+    fidelity = np.array([True, True, False, True])
+    report = write_filter("classifier", tmp_path, table, fidelity)
+    assert report["accepted"] == 1 and report["total"] == 4
+    assert report["per_class"]["mel"] == {"accepted": 1, "total": 2, "rate": 0.5}
+    assert report["per_class"]["bcc"]["rate"] == 0.0
+    synth = pd.DataFrame({"image_id": ["s0", "s1", "s2", "s3"], "x": range(4)})
+    assert accepted_synthetic(tmp_path, synth)["image_id"].tolist() == ["s0"]
+    with pytest.raises(ValueError, match="no verdict"):
+        accepted_synthetic(tmp_path, pd.DataFrame({"image_id": ["s9"]}))
+    assert write_filter("none", tmp_path, table, fidelity) == {"kind": "none"}
+    assert not (tmp_path / "synthetic" / ACCEPTED_FILE).exists()
+    assert len(accepted_synthetic(tmp_path, synth)) == 4
