@@ -97,6 +97,15 @@ def synth_section(run_dir: Path) -> Section | None:
         overall = {k: v for k, v in quality.items() if not isinstance(v, dict | list)}
         if overall:
             tables.append({"rows": [overall], "caption": "Overall"})
+        verdicts = quality.get("filter") or {}
+        if verdicts.get("kind") == "classifier":
+            paragraphs.append(
+                f"Filter ({verdicts['rule']}): {verdicts['accepted']} of {verdicts['total']} "
+                "synthetic images accepted; only those reach pre-training, fine-tuning, "
+                "distillation and the ablation."
+            )
+            rows = [{"class": c, **v} for c, v in verdicts["per_class"].items()]
+            tables.append({"rows": rows, "caption": "Synthetic images accepted by the filter"})
     else:
         paragraphs.append("No synth_quality.json: `dermae synth evaluate` has not run.")
     vae_metrics = _json(synth_dir / "vae" / "metrics.json")
