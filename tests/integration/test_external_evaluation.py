@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,13 @@ from dermae.config import EvalConfig, load_config
 from dermae.data.classes import HAM10000_CLASSES
 from dermae.data.ingest import ingest_dataset
 from dermae.data.toy import write_toy_dataset
-from dermae.evaluate.external import SetLabels, evaluate_external, score_set, set_labels
+from dermae.evaluate.external import (
+    SetLabels,
+    evaluate_external,
+    paired_on_external,
+    score_set,
+    set_labels,
+)
 from dermae.evaluate.run import evaluate_command, evaluate_stage
 from dermae.evaluate.summary import external_section
 from tests.helpers.tiny_data import make_prepared, torch_threads
@@ -28,8 +35,10 @@ def one_thread():
         yield
 
 
-def tiny_model(folder, classes=HAM10000_CLASSES, malignant=MALIGNANT, size=16, threshold=0.3):
-    torch.manual_seed(0)
+def tiny_model(
+    folder, classes=HAM10000_CLASSES, malignant=MALIGNANT, size=16, threshold=0.3, seed=0
+):
+    torch.manual_seed(seed)
     model = build_classifier(classifier_config("resnet10t", list(classes), malignant, size))
     extra = {
         "thresholds": {"spec@0.90": threshold},
@@ -166,6 +175,7 @@ def test_folders_and_isic_sets_in_the_evaluate_stage(tmp_path):
     classes = ("mel", "nv", "bcc")
     make_prepared(run_dir, n_per_class=10, size=16, classes=classes)
     tiny_model(run_dir / "student" / "model", classes, ["mel", "bcc"])
+    tiny_model(run_dir / "baseline" / "model", classes, ["mel", "bcc"], seed=1)
     folders = folder_set(tmp_path / "clinic_folders")
     isic = isic_set(tmp_path / "clinic_isic")
     cfg = load_config(
@@ -221,10 +231,17 @@ def test_folders_and_isic_sets_in_the_evaluate_stage(tmp_path):
 
     # Internal and external side by side, with the same metrics.
     table = summary["table"]
-    assert [r["data"] for r in table] == ["internal test", "folders", "isic"]
+    assert [r["data"] for r in table] == ["internal test", "folders", "isic"] * 2
     assert summary["results"]["student"]["internal"]["n_images"] == 6
     section = external_section(run_dir)
     assert section is not None and section.tables[0]["rows"] == table
+
+    # Paired: student minus baseline on each set, the same images resampled for both.
+    paired = paired_on_external(cfg, out, ["student", "baseline"], reference="baseline")
+    b = json.loads((out / "isic" / "baseline" / "metrics.json").read_text())
+    diff = paired["isic"]["student - baseline"]["malignant_auroc"]["diff"]
+    assert diff == pytest.approx(i["scalars"]["malignant_auroc"] - b["scalars"]["malignant_auroc"])
+    assert "mel_auroc" in paired["folders"]["student - baseline"]
 
 
 def test_binary_only_set_counts_for_the_malignant_metrics(tmp_path):
@@ -274,3 +291,68 @@ def test_external_set_entries_need_a_name_and_path(tmp_path):
     model_dir = tiny_model(tmp_path / "m" / "model")
     with pytest.raises(ValueError, match="needs both a name and a path"):
         evaluate_external(cfg, tmp_path, {"student": model_dir})
+
+
+def test_real_ham10000_test_slice_rewritten_as_another_site(tmp_path):
+    """Real HAM10000 test-split lesions (nevus vs melanoma) rewritten as an ISIC CSV with
+    lesion ids and some label-only rows, and as class folders: the same images give the same
+    malignant AUROC in both layouts; only the bootstrap unit differs."""
+    from dermae.config import default_data_root
+    from dermae.data.splits import assign_splits
+
+    root = next(
+        (
+            p
+            for p in (Path(default_data_root()), Path(__file__).parents[2] / default_data_root())
+            if (p / "labels.csv").exists()
+        ),
+        None,
+    )
+    if root is None:
+        pytest.skip(f"real HAM10000 not found at {default_data_root()!r} (set DERMAE_DATA)")
+    rows = ingest_dataset(root).rows
+    test = rows[assign_splits(rows, 0.1, 0.2, seed=0) == "test"]
+    lesions = [
+        g
+        for dx in ("nv", "mel")
+        for g in sorted(set(test.loc[test["diagnosis"] == dx, "group_id"]))[:8]
+    ]
+    piece = test[test["group_id"].isin(lesions)].sort_values("image_id").reset_index(drop=True)
+    isic, folders = tmp_path / "site_isic", tmp_path / "site_folders"
+    isic.mkdir()
+    label_only = piece.index[:3]  # their diagnosis is withheld, the benign/malignant label kept
+    table = pd.DataFrame({"image": piece["image_id"], "lesion_id": piece["group_id"]})
+    for dx in ("MEL", "NV"):
+        table[dx] = (piece["diagnosis"] == dx.lower()).astype(float)
+    table.loc[label_only, ["MEL", "NV"]] = 0.0
+    table["benign_malignant"] = np.where(piece["malignant"] == 1, "malignant", "benign")
+    table.to_csv(isic / "ground_truth.csv", index=False)
+    for i, row in piece.iterrows():
+        shutil.copy(row["path"], isic / f"{row['image_id']}.jpg")
+        folder = (
+            ("malignant" if row["malignant"] else "benign") if i in label_only else row["diagnosis"]
+        )
+        (folders / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(row["path"], folders / folder / f"{row['image_id']}.jpg")
+    model_dir = tiny_model(tmp_path / "student" / "model")
+    cfg = load_config(
+        None,
+        [
+            f"run_dir={tmp_path}",
+            "evaluate.bootstrap=100",
+            f"evaluate.external=[{{name: isic, path: {isic}}}, {{name: folders, path: {folders}}}]",
+        ],
+    )
+
+    summary = evaluate_external(cfg, tmp_path, {"student": model_dir})
+
+    a, b = summary["results"]["student"]["isic"], summary["results"]["student"]["folders"]
+    assert a["n_images"] == b["n_images"] == len(piece)
+    assert a["n_excluded_from_per_class"] == b["n_excluded_from_per_class"] == 3
+    assert a["n_malignant"] == b["n_malignant"] == int(piece["malignant"].sum())
+    assert a["scalars"]["malignant_auroc"] == pytest.approx(b["scalars"]["malignant_auroc"])
+    assert a["scalars"]["mel_auroc"] == pytest.approx(b["scalars"]["mel_auroc"])
+    assert a["bootstrap"]["unit"].startswith("lesion") and b["bootstrap"]["unit"].startswith(
+        "image"
+    )
+    assert a["n_groups"] == len(lesions)

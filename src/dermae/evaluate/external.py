@@ -34,7 +34,7 @@ from dermae.classify.model import load_classifier
 from dermae.config import Config, DataConfig, EvalConfig, ExternalSetConfig
 from dermae.data.prepare import prepare_external
 from dermae.data.prepared import PreparedData
-from dermae.evaluate.bootstrap import bootstrap_ci
+from dermae.evaluate.bootstrap import bootstrap_ci, paired_bootstrap
 from dermae.evaluate.metrics import (
     binary_auroc,
     classification_metrics,
@@ -217,7 +217,7 @@ def _model_thresholds(config: dict[str, Any]) -> dict[str, float]:
     return thresholds
 
 
-def _internal_rows(folder: Path) -> tuple[pd.DataFrame, np.ndarray] | None:
+def _read_predictions(folder: Path) -> tuple[pd.DataFrame, np.ndarray] | None:
     """The internal evaluation's predictions.csv as (rows, probs), if it exists."""
     path = folder / "predictions.csv"
     if not path.exists():
@@ -269,6 +269,8 @@ def score_model_on_set(
         "notes": info.get("notes", []),
         "model": str(model_dir),
         "arch": config.get("arch"),
+        "class_names": class_names,
+        "malignant_classes": mal_classes,
         "thresholds": thresholds,
         "thresholds_chosen_on": (config.get("threshold") or {}).get("chosen_on"),
         **scored,
@@ -310,7 +312,7 @@ def evaluate_external(
         class_names, mal_classes = list(config["class_names"]), list(config["malignant_classes"])
         thresholds = _model_thresholds(config)
         entry: dict[str, Any] = {"model": str(model_dir), "arch": config.get("arch")}
-        found = _internal_rows(Path(internal[model_name])) if model_name in internal else None
+        found = _read_predictions(Path(internal[model_name])) if model_name in internal else None
         if found is not None:
             result = score_set(*found, class_names, mal_classes, thresholds, cfg.evaluate, cfg.seed)
             entry[INTERNAL] = {**result, "data": f"{cfg.evaluate.split} split of the run's data"}
@@ -330,6 +332,42 @@ def evaluate_external(
     summary["table"] = side_by_side(summary)
     (out / EXTERNAL_FILE).write_text(json.dumps(summary, indent=2, default=_json_default))
     return summary
+
+
+def paired_on_external(
+    cfg: Config, out_dir: str | Path, models: list[str], reference: str
+) -> dict[str, dict[str, Any]]:
+    """Paired bootstrap of each model minus `reference` on every external set, from what
+    `evaluate_external(..., out_dir)` wrote: {set: {"<model> - <reference>": {metric: {diff,
+    ci, frac_b_gt_a, n_valid}}}}. Threshold-free metrics only (malignant and mel-vs-rest
+    AUROC, per-class scalars): each model has its own validation threshold."""
+    out = Path(out_dir)
+    comparisons: dict[str, dict[str, Any]] = {}
+    for spec in cfg.evaluate.external:
+        folder = out / spec.name
+        ref = json.loads((folder / reference / "metrics.json").read_text())
+        ref_rows, ref_probs = _read_predictions(folder / reference)
+        labels = set_labels(ref_rows, ref["class_names"])
+        mal_index = [i for i, c in enumerate(ref["class_names"]) if c in ref["malignant_classes"]]
+        present = np.unique(labels.target[labels.target >= 0])
+        fn = _scalar_fn(ref["class_names"], mal_index, {}, cfg.evaluate.ece_bins, present)
+        has_ids = bool((ref_rows["group_id"] != ref_rows["image_id"]).any())
+        groups = ref_rows["group_id"].to_numpy() if has_ids else None
+        comparisons[spec.name] = {}
+        for name in (m for m in models if m != reference):
+            other = json.loads((folder / name / "metrics.json").read_text())
+            rows, probs = _read_predictions(folder / name)
+            if other["class_names"] != ref["class_names"] or list(rows["image_id"]) != list(
+                ref_rows["image_id"]
+            ):
+                raise ValueError(
+                    f"{name} and {reference} on {spec.name} differ in classes or images; "
+                    "a paired comparison needs the same images and class order"
+                )
+            comparisons[spec.name][f"{name} - {reference}"] = paired_bootstrap(
+                fn, labels.packed(), ref_probs, probs, groups, cfg.evaluate.bootstrap, cfg.seed
+            )
+    return comparisons
 
 
 def _brief(result: dict[str, Any]) -> dict[str, Any]:
@@ -407,6 +445,7 @@ __all__ = [
     "SetLabels",
     "evaluate_external",
     "load_external_set",
+    "paired_on_external",
     "score_set",
     "set_labels",
     "side_by_side",
