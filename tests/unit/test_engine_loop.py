@@ -110,3 +110,41 @@ def test_stages_with_different_precisions_run_in_one_process(tmp_path):
         cfg = TrainConfig(max_steps=2, batch_size=8, mixed_precision=precision, log_every=1)
         result = fit(RegressionTask(), PointsDataset(), cfg, tmp_path / precision, resume=False)
         assert result.step == 2
+
+
+def _torchrun(*args: str, port: int) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--master_port", str(port), "-m", "tests.helpers.tiny_fit", *args]
+    return subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True)
+
+
+def test_ddp_ranks_have_own_rng_streams_and_share_the_data_order(tmp_path):
+    one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
+    script = [sys.executable, "-m", "tests.helpers.tiny_fit"]
+    subprocess.run(
+        [*script, str(one), "--steps", "6", "--record"], check=True, env=_env(), cwd=ROOT
+    )
+    proc = _torchrun(str(two), "--steps", "6", "--record", port=29518)
+    if proc.returncode != 0:
+        pytest.fail(proc.stderr[-3000:])
+    single = json.loads((one / "draws_0.json").read_text())
+    rank0, rank1 = (json.loads((two / f"draws_{r}.json").read_text()) for r in (0, 1))
+    # Each rank draws its own numbers (masks, timesteps, augmentations differ across ranks)...
+    assert len(rank0["draws"]) == 6 and rank0["draws"] != rank1["draws"]
+    assert not set(rank0["draws"]) & set(rank1["draws"])
+    # ...while every step still trains on the same global batch as one process would.
+    for step, batch in enumerate(single["indices"]):
+        assert sorted(rank0["indices"][step] + rank1["indices"][step]) == sorted(batch)
+        assert not set(rank0["indices"][step]) & set(rank1["indices"][step])
+
+    # Kill both ranks after step 4 (checkpoint at 3), resume: each rank restores its own RNG.
+    died = _torchrun(str(killed), "--steps", "6", "--record", "--kill-at", "4", port=29519)
+    assert died.returncode != 0
+    assert (killed / "checkpoint" / "training_state" / "rng_1.safetensors").exists()
+    resumed = _torchrun(str(killed), "--steps", "6", "--record", port=29520)
+    if resumed.returncode != 0:
+        pytest.fail(resumed.stderr[-3000:])
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    a, b = _weights(two / "final"), _weights(killed / "final")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
