@@ -136,9 +136,9 @@ class DecodeGate:
     # ---- requests
     def admit(self, nbytes: int) -> None:
         if self.requests >= self.max_requests:
-            raise busy(f"server busy: {self.requests} requests in flight")
+            raise busy(f"server busy: requests in flight at the limit ({self.max_requests})")
         if self.requests and self.bytes + nbytes > self.max_bytes:
-            raise busy(f"server busy: {self.bytes:,} bytes of uploads in flight")
+            raise busy(f"server busy: uploads in flight would pass {self.max_bytes:,} bytes")
         self.requests += 1
         self.bytes += nbytes
 
@@ -161,7 +161,10 @@ class DecodeGate:
             self._take(pixels)
             return
         if len(self._waiters) >= self.max_waiting:
-            raise busy(f"server busy: {len(self._waiters)} images waiting to be decoded")
+            raise busy(
+                f"server busy: {self.active} images decoding and {len(self._waiters)} waiting, "
+                "the most it queues"
+            )
         granted = asyncio.get_running_loop().create_future()
         self._waiters.append((pixels, granted))
         try:
