@@ -30,7 +30,7 @@ from dermae.classify.baseline import chosen_loss, train_baseline
 from dermae.classify.finetune import finetune
 from dermae.config import BaselineConfig, Config
 from dermae.data.prepared import load_prepared
-from dermae.distill.train import ENSEMBLE_DIR, distill
+from dermae.distill.train import ENSEMBLE_DIR, STATS_FILE, distill
 from dermae.engine.checkpoint import load_config_json
 from dermae.evaluate.bootstrap import paired_bootstrap
 from dermae.evaluate.metrics import scalar_metric_fn
@@ -175,7 +175,21 @@ def _variant_models(
         if _has_model(run_dir / folder):
             models[name] = run_dir / folder
     notes["like_for_like"] = _recipe_differences(cfg, run_dir, simple_loss)
+    notes["sizes"] = _teacher_and_student_sizes(run_dir)
     return models, notes
+
+
+def _teacher_and_student_sizes(run_dir: Path) -> dict[str, Any] | None:
+    """Parameters and FLOPs per image of the student and the teacher it learned from."""
+    path = run_dir / "student" / STATS_FILE
+    if not path.exists():
+        return None
+    stats = json.loads(path.read_text())
+    keys = ("parameters", "flops_per_image", "image_size")
+    return {
+        "student": {"arch": stats["arch"], **{k: stats[k] for k in keys}},
+        "teacher": {"arch": stats["teacher"]["arch"], **{k: stats["teacher"][k] for k in keys}},
+    }
 
 
 def _recipe_differences(cfg: Config, run_dir: Path, simple_loss: str) -> list[str]:
@@ -249,8 +263,14 @@ def verdict(comparisons: dict[str, dict[str, Any]], metric: str = "balanced_accu
     for name, diffs in comparisons.items():
         entry = diffs.get(metric) or {}
         lo, hi = entry.get("ci") or (None, None)
-        if entry.get("diff") is None or lo is None:
+        if entry.get("diff") is None:
             lines.append(f"- {name}: {metric} difference undefined")
+            continue
+        if lo is None:
+            lines.append(
+                f"- {name}: {entry['diff']:+.3f}, CI undefined (too few resamples keep every "
+                "class; the test split is too small to tell)"
+            )
             continue
         if lo > 0:
             word = "better than (b)"
@@ -314,6 +334,9 @@ def ablation_markdown(summary: dict[str, Any]) -> str:
     ]
     differences = summary["notes"].get("like_for_like") or []
     lines += [f"Not like for like: {d}" for d in differences]
+    sizes = summary["notes"].get("sizes")
+    if sizes:
+        lines.append(size_line(sizes))
     table = summary["table"]
     columns = list(table[0]) if table else []
     lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -332,3 +355,12 @@ def ablation_markdown(summary: dict[str, Any]) -> str:
                 f"share of resamples where it beats (b) = {better:.2f}"
             )
     return "\n".join(lines) + "\n"
+
+
+def size_line(sizes: dict[str, Any]) -> str:
+    t, s = sizes["teacher"], sizes["student"]
+    return (
+        f"Teacher {t['arch']}: {t['parameters'] / 1e6:.1f} M parameters, "
+        f"{t['flops_per_image'] / 1e9:.2f} GFLOPs per image; student {s['arch']}: "
+        f"{s['parameters'] / 1e6:.1f} M, {s['flops_per_image'] / 1e9:.2f} GFLOPs."
+    )

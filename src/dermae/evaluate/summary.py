@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from dermae.config import Config
+from dermae.evaluate.ablation import size_line
 from dermae.evaluate.plots import plot_class_counts, plot_loss_curves
 from dermae.evaluate.report import Section, format_ci, metrics_table, render_report
 
@@ -266,6 +267,8 @@ def ablation_section(run_dir: Path) -> Section | None:
         *_teacher_statement(summary),
         *[f"Not like for like: {d}" for d in summary.get("notes", {}).get("like_for_like", [])],
     ]
+    if summary.get("notes", {}).get("sizes"):
+        paragraphs.append(size_line(summary["notes"]["sizes"]))
     tables = [
         {"rows": _paired_rows(summary), "caption": "Paired difference from (b) (95% CI)"},
         {"rows": summary["table"], "caption": "Value (95% CI)"},
