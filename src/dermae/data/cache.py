@@ -11,7 +11,9 @@ other jobs): one process needs 4.8 s of CPU (~0.5 ms per image; 8-15 s wall unde
 `workers=2` (data.num_workers) gave 10-14 s wall under the same load (identical bytes), so the
 pool is opt-in: it pays on idle many-core machines and large originals, not here. JPEG
 `draft` (DCT-domain down-scaling) is used only where it keeps at least 2x the target size, so
-it speeds up large originals (600x450 at 64 px decodes at half scale) without costing detail.
+it speeds up large originals (600x450 at 64 px decodes at half scale) without costing detail;
+other formats are box-reduced by the same rule right after decoding (`dermae.data.imageio`,
+which also holds the pixel limit shared with predict and serve).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import hashlib
 import json
 import os
 import time
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -30,14 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm.auto import tqdm
 
 from dermae.data.errors import DataError
+from dermae.data.imageio import ImageError, decode_rgb
 
-CACHE_VERSION = 1  # bump when the decode/resize recipe changes
+CACHE_VERSION = 2  # bump when the decode/resize recipe changes (2: reduce, pixel limit)
 RESAMPLE = Image.Resampling.BICUBIC  # antialiased when down-scaling in PIL
-EXIF_ORIENTATION = 0x0112
 
 
 @dataclass
@@ -58,55 +59,22 @@ def center_box(width: int, height: int) -> tuple[int, int, int, int]:
     return (left, top, left + side, top + side)
 
 
-def _to_rgb(image: Image.Image, source_mode: str) -> tuple[Image.Image, str | None]:
-    """RGB image, plus the name of the conversion done (None when it was RGB already)."""
-    if source_mode == "RGB":
-        return image, None
-    if image.mode.startswith(("I", "F")):
-        # 16-bit (or wider) grayscale: PIL's own convert() clips at 255, so rescale instead.
-        wide = np.asarray(image, dtype=np.float64)
-        gray = np.clip(np.floor(wide / 257.0 + 0.5), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray).convert("RGB"), source_mode
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        # Transparent areas become black, like the dark vignette of dermoscopy images.
-        rgba = image.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(black, rgba).convert("RGB"), source_mode
-    return image.convert("RGB"), source_mode
-
-
 def _decode(path: str | Path, min_side: int) -> tuple[Image.Image, str | None, tuple[int, int]]:
     """(RGB image, conversion or None, full-resolution size); raises DataError."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                tile_mode = str(image.tile[0].args) if image.tile else ""
-                mode = image.mode
-                if mode == "RGB" and ";16" in tile_mode:
-                    mode = "RGB;16"  # PIL keeps the high byte of 48-bit PNGs: count it
-                full_size = image.size
-                if min_side and image.format == "JPEG":
-                    image.draft(None, (min_side, min_side))
-                image.load()
-                if image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
-                    full_size = (full_size[1], full_size[0])  # a quarter turn swaps the sides
-                ImageOps.exif_transpose(image, in_place=True)
-                rgb, _ = _to_rgb(image, mode)
-                conversion = None if mode == "RGB" else mode
-                return rgb.copy(), conversion, full_size
-    except FileNotFoundError as err:
-        raise DataError(f"{path}: image file not found; add it or remove its row") from err
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        return decode_rgb(path, min_side)  # the pixel limit and formats of predict and serve
+    except ImageError as err:
+        if err.code == "not_found":
+            raise DataError(f"{path}: image file not found; add it or remove its row") from err
         raise DataError(
-            f"{path}: cannot decode image ({err}); replace the file or remove its row"
+            f"{path}: cannot decode image ({err.detail}); replace the file or remove its row"
         ) from err
 
 
 def load_rgb(path: str | Path, min_side: int = 0) -> tuple[Image.Image, str | None]:
     """Decode one image as RGB. Returns (image, conversion or None); raises DataError.
 
-    `min_side` > 0 lets large JPEGs decode at a reduced scale that keeps both sides >= it."""
+    `min_side` > 0 lets large images decode at a reduced scale that keeps both sides >= it."""
     image, conversion, _ = _decode(path, min_side)
     return image, conversion
 
@@ -118,7 +86,10 @@ def load_square(path: str | Path, size: int) -> tuple[np.ndarray, str | None]:
     if image.size == full_size:
         square = image.crop(box).resize((size, size), RESAMPLE)
     else:  # drafted at a reduced scale: the same square, in the reduced image's coordinates
-        sx, sy = image.size[0] / full_size[0], image.size[1] / full_size[1]
+        # Draft and reduce scale by an integer factor and round the size up, so the scale is
+        # 1/factor, not the ratio of the sizes (which is off by up to a pixel of the original).
+        sx = 1 / round(full_size[0] / image.size[0])
+        sy = 1 / round(full_size[1] / image.size[1])
         scaled = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
         square = image.resize((size, size), RESAMPLE, box=scaled)
     return np.asarray(square, dtype=np.uint8), conversion
