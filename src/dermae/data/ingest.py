@@ -62,7 +62,7 @@ MAX_LISTED = 10
 # data.group_missing_lesions: a blank lesion_id is an error, or the image is its own lesion.
 MISSING_LESION_POLICIES = ("error", "image")
 MISSING_LESION_REASON = (
-    "no lesion_id: fill it in, or set data.group_missing_lesions=image to treat each such "
+    "no {column}: fill it in, or set data.group_missing_lesions=image to treat each such "
     "image as its own lesion"
 )
 
@@ -453,7 +453,8 @@ def ingest_ham10000(
         if cols["group_id"] and not groups[i]:
             # A silent own group would let one lesion's images straddle train and test.
             if missing_lesions != "image":
-                problems.add(line, csv, f"{image_id}: {MISSING_LESION_REASON}")
+                reason = MISSING_LESION_REASON.format(column=cols["group_id"])
+                problems.add(line, csv, f"{image_id}: {reason}")
                 continue
             grouped_by_image += 1
         records.append(
@@ -579,7 +580,8 @@ def ingest_isic(
             continue
         if group_col and not groups[i]:
             if missing_lesions != "image":
-                problems.add(line, csv, f"{image_id}: {MISSING_LESION_REASON}")
+                reason = MISSING_LESION_REASON.format(column=group_col)
+                problems.add(line, csv, f"{image_id}: {reason}")
                 continue
             grouped_by_image += 1
         records.append(
