@@ -27,7 +27,12 @@ from dermae.evaluate.metrics import (
 from dermae.evaluate.plots import plot_confusion_matrix, plot_reliability, plot_roc
 
 # The models the pipeline evaluates on the test split, by run-dir folder.
-RUN_MODELS = {"baseline": "baseline/model", "teacher": "teacher/model", "student": "student/model"}
+RUN_MODELS = {
+    "baseline": "baseline/model",
+    "teacher": "teacher/model",
+    "teacher_ensemble": "teacher_ensemble/model",  # when distill.teachers names several
+    "student": "student/model",
+}
 
 
 def model_targets(rows: pd.DataFrame, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,12 @@ from dermae.evaluate.ablation import size_line
 from dermae.evaluate.plots import plot_class_counts, plot_loss_curves
 from dermae.evaluate.report import Section, format_ci, metrics_table, render_report
 
-MODEL_LABELS = {"student": "DerMAE student", "teacher": "MAE teacher", "baseline": "baseline"}
+MODEL_LABELS = {
+    "student": "DerMAE student",
+    "teacher": "MAE teacher",
+    "teacher_ensemble": "DerMAE teacher (ensemble)",
+    "baseline": "baseline",
+}
 HEADLINE = {
     "accuracy": "accuracy",
     "balanced_accuracy": "balanced accuracy",
