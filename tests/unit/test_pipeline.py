@@ -64,3 +64,72 @@ def test_interrupted_stage_resumes_then_from_reruns(tmp_path, fake_stages):
 def test_unknown_stage_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="unknown stage 'sampel'"):
         pipeline.run_pipeline(load_config(None, [f"run_dir={tmp_path}"]), from_stage="sampel")
+
+
+def _model_stage(calls):
+    """A baseline stage that writes a real safetensors model and records its lr."""
+    import torch
+    from safetensors.torch import save_file
+
+    def stage(cfg, run_dir, resume=True):
+        calls.append((cfg.baseline.train.lr, resume))
+        out = run_dir / "baseline" / "model"
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({"w": torch.zeros(64, 64)}, str(out / "model.safetensors"))
+        (out / "config.json").write_text("{}")
+        return out
+
+    return stage
+
+
+def test_truncated_finished_model_is_not_reported_done(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(pipeline, "_call", lambda target: _model_stage(calls))
+    cfg = load_config(None, [f"run_dir={tmp_path}"])
+    pipeline.run_stage(cfg, "baseline")
+    pipeline.run_stage(cfg, "baseline")
+    assert len(calls) == 1  # done, outputs whole: skipped
+    model = tmp_path / "baseline" / "model" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:1000])
+    capsys.readouterr()
+    pipeline.run_stage(cfg, "baseline")
+    assert "model.safetensors has 1000 bytes" in capsys.readouterr().out
+    assert calls[-1] == (cfg.baseline.train.lr, True) and len(calls) == 2  # ran again
+
+
+def test_stage_command_uses_the_pipeline_marks(tmp_path, monkeypatch, capsys):
+    """`dermae train --set baseline.train.lr=X` retrains, and `dermae run` sees what it made."""
+    calls = []
+    monkeypatch.setattr(pipeline, "_call", lambda target: _model_stage(calls))
+    target = pipeline._stage("baseline").target
+    cfg = load_config(None, [f"run_dir={tmp_path}"])
+    pipeline.run_command(cfg, target)
+    pipeline.run_command(cfg, target)
+    assert len(calls) == 1
+    changed = load_config(None, [f"run_dir={tmp_path}", "baseline.train.lr=0.0123"])
+    capsys.readouterr()
+    pipeline.run_command(changed, target)
+    assert calls[-1] == (0.0123, False)
+    assert (
+        f"baseline.train.lr {json.dumps(cfg.baseline.train.lr)} -> 0.0123"
+        in capsys.readouterr().out
+    )
+    pipeline.run_command(changed, target, resume=False)  # --no-resume: from scratch
+    assert calls[-1] == (0.0123, False) and len(calls) == 3
+    # The pipeline with the original config now retrains the baseline it did not make.
+    pipeline.run_stage(cfg, "baseline")
+    assert calls[-1] == (cfg.baseline.train.lr, False)
+
+
+def test_downstream_follows_the_upstream_as_made(tmp_path, fake_stages):
+    calls, _ = fake_stages
+    cfg = load_config(None, [f"run_dir={tmp_path}"])
+    pipeline.run_pipeline(cfg, until_stage="finetune")
+    calls.clear()
+    # pretrain rerun by its own command with other settings: finetune is stale for `run`.
+    pipeline.run_stage(
+        load_config(None, [f"run_dir={tmp_path}", "pretrain.mask_ratio=0.5"]), "pretrain"
+    )
+    calls.clear()
+    pipeline.run_stage(cfg, "finetune")
+    assert calls == [("finetune", False)]
