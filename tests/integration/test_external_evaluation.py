@@ -142,6 +142,7 @@ def isic_set(root):
     table.loc[[0, 1], ["MEL", "NV"]] = 0.0  # diagnosis unknown, label known
     table.loc[2, ["MEL", "NV"]] = 0.0
     table.loc[2, "benign_malignant"] = ""  # nothing usable: skipped and listed
+    table.loc[3, "lesion_id"] = ""  # still scored, as its own group
     table.to_csv(csv, index=False)
     return truth
 
@@ -223,6 +224,7 @@ def test_folders_and_isic_sets_in_the_evaluate_stage(tmp_path):
     i = json.loads((out / "isic" / "student" / "metrics.json").read_text())
     assert i["bootstrap"]["unit"] == "lesion or patient (group_id)"
     assert i["n_skipped"] == 1 and i["n_images"] == len(isic) - 1
+    assert any("1 row(s) have no lesion_id" in note for note in i["data_notes"])
     assert i["n_excluded_from_per_class"] == 2
     skipped = pd.read_csv(out / "isic" / "student" / "skipped.csv")
     assert skipped["row"].tolist() == [4]

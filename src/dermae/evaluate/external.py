@@ -204,7 +204,10 @@ def load_external_set(
             f"evaluate.external entry {spec} needs both a name and a path: "
             "evaluate.external: [{name: clinic_a, path: /data/clinic_a}]"
         )
-    data = dataclasses.replace(data_cfg, image_size=image_size, skip_bad=True)
+    # A scored row without a lesion id is still scored (as its own group; ingest notes it).
+    data = dataclasses.replace(
+        data_cfg, image_size=image_size, skip_bad=True, group_missing_lesions="image"
+    )
     folder = Path(cache_root) / spec.name / f"{image_size}px"
     return prepare_external(data, spec.path, folder, layout=spec.layout)
 
@@ -234,7 +237,7 @@ def _write_predictions(rows: pd.DataFrame, probs: np.ndarray, names: list[str], 
     table.to_csv(out / "predictions.csv", index=False)
 
 
-SET_KEYS = ("path", "layout", "source", "n_skipped", "skipped_csv", "notes")
+SET_KEYS = ("path", "layout", "source", "n_skipped", "skipped_csv", "data_notes")
 
 
 def score_model_on_set(
@@ -266,7 +269,7 @@ def score_model_on_set(
         "source": info.get("source"),
         "n_skipped": int(info.get("skipped", 0)),
         "skipped_csv": str(out / "skipped.csv"),
-        "notes": info.get("notes", []),
+        "data_notes": info.get("notes", []),  # what ingest noticed (nothing dropped)
         "model": str(model_dir),
         "arch": config.get("arch"),
         "class_names": class_names,
