@@ -241,3 +241,25 @@ def test_loading_a_truncated_cache_says_what_to_do(toy, tmp_path: Path, cli) -> 
         load_prepared(run)
     message = str(err.value)
     assert str(images) in message and "delete it and rerun `dermae data prepare" in message
+
+
+def test_prepared_files_that_disagree_are_named(toy, tmp_path: Path, cli) -> None:
+    root, truth = toy
+    run = tmp_path / "run"
+    assert cli(*prepare_args(root, run)).code == 0
+    data = run / "data"
+    manifest = (data / "manifest.csv").read_text()
+    (data / "manifest.csv").write_text("".join(manifest.splitlines(keepends=True)[:-3]))
+    with pytest.raises(DataError, match=f"manifest.csv has {len(truth) - 3} rows, info.json says"):
+        load_prepared(run)
+    (data / "manifest.csv").write_text("")
+    with pytest.raises(DataError, match="manifest.csv cannot be read"):
+        load_prepared(run)
+    (data / "manifest.csv").write_text(manifest)
+    np.save(data / "images.npy", np.zeros((len(truth), 8, 8, 3), np.uint8))
+    with pytest.raises(DataError, match=r"images.npy holds \(\d+, 8, 8, 3\), info.json says 16 px"):
+        load_prepared(run)
+    np.save(data / "images.npy", np.zeros((2, 16, 16, 3), np.uint8))
+    with pytest.raises(DataError, match="images.npy holds 2") as err:
+        load_prepared(run)
+    assert "rerun `dermae data prepare" in str(err.value)

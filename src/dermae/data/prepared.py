@@ -16,6 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -120,6 +121,30 @@ def accepted_synthetic(root: Path, synth: pd.DataFrame) -> pd.DataFrame:
     return synth[synth["image_id"].map(verdicts).astype(bool).to_numpy()]
 
 
+REPREPARE = "delete the folder and rerun `dermae data prepare -c CONFIG`"
+
+
+def _check_consistent(
+    root: Path, manifest: pd.DataFrame, images: np.ndarray, info: dict[str, Any]
+) -> None:
+    """manifest.csv, info.json and images.npy must describe the same images: a file replaced
+    or cut short on its own would otherwise feed wrong pixels or fail deep inside training."""
+    size = int(info["image_size"])
+    n_rows = info.get("n_images")  # written by prepare (older or hand-made folders lack it)
+    problem = ""
+    if n_rows is not None and len(manifest) != n_rows:
+        problem = f"manifest.csv has {len(manifest)} rows, info.json says {n_rows}"
+    elif images.ndim != 4 or images.shape[1:] != (size, size, 3):
+        problem = f"images.npy holds {images.shape}, info.json says {size} px RGB"
+    elif len(manifest) and int(manifest["cache_index"].max()) >= len(images):
+        problem = (
+            f"manifest.csv refers to image {int(manifest['cache_index'].max())}, "
+            f"images.npy holds {len(images)}"
+        )
+    if problem:
+        raise DataError(f"{root} is inconsistent ({problem}): {REPREPARE}")
+
+
 def load_prepared(
     run_dir: str | Path, with_synthetic: bool = True, filtered: bool = True
 ) -> PreparedData:
@@ -131,8 +156,12 @@ def load_prepared(
             f"{info_path} not found: run `dermae data prepare -c CONFIG` first (run_dir={run_dir})"
         )
     info = json.loads(info_path.read_text())
-    manifest = pd.read_csv(root / "manifest.csv", dtype={"image_id": str, "group_id": str})
+    try:
+        manifest = pd.read_csv(root / "manifest.csv", dtype={"image_id": str, "group_id": str})
+    except (OSError, ValueError) as err:  # pandas' parser errors are ValueErrors
+        raise DataError(f"{root / 'manifest.csv'} cannot be read ({err}); {REPREPARE}") from err
     arrays = {"real": _open_images(root / "images.npy", "dermae data prepare -c CONFIG")}
+    _check_consistent(root, manifest, arrays["real"], info)
     synth_manifest = root / "synthetic" / "manifest.csv"
     synth_images = root / "synthetic" / "images.npy"
     if with_synthetic and synth_manifest.exists() and synth_images.exists():
