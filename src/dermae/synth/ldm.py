@@ -249,7 +249,8 @@ def train_ldm(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
         lcfg.train,
         synth_dir(run_dir) / "ldm_train",
         desc="ldm",
-        run_config=to_dict(cfg),
+        run_config={"ldm": to_dict(lcfg), "vae_id": vae_id},  # a new VAE: a new UNet
+        data_hash=data.dataset(rows).fingerprint(),  # latents carry no row fingerprint
         resume=resume,
     )
     unet = result.model  # EMA weights when the loop keeps an EMA

@@ -195,7 +195,8 @@ def train_vae(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
         synth_dir(run_dir) / "vae_train",
         evaluate=evaluate if len(val_rows) else None,
         desc="vae",
-        run_config=to_dict(cfg),
+        # Its own section only: other stages' settings do not make a VAE checkpoint stale.
+        run_config={"vae": to_dict(vcfg)},
         resume=resume,
     )
     vae = result.model.eval()
