@@ -236,3 +236,23 @@ def test_bigger_slices_give_narrower_intervals():
     width = [s["specificity"]["ci95"][1] - s["specificity"]["ci95"][0] for s in sizes]
     assert width[1] < width[0]
     assert sizes[1]["specificity"]["median"] == pytest.approx(0.9, abs=0.03)
+
+
+def test_server_and_page_use_the_calibrated_threshold(export, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from dermae.deploy.server import create_app
+
+    truth = clinic(tmp_path / "clinic")
+    record = calibrate_export(
+        export, tmp_path / "clinic", target_specificity=0.8, temperature=True, n_boot=20
+    )
+    image = (tmp_path / "clinic" / truth["file"].iloc[0]).read_bytes()
+    expected = Predictor(export).predict_image(image, name="a.jpg")
+    with TestClient(create_app(export, threads=1)) as client:
+        card = client.get("/model").json()  # what the page shows under "Threshold"
+        body = client.post("/predict", files={"file": ("a.jpg", image, "image/jpeg")}).json()
+    assert card["threshold"]["malignant_risk"] == record["threshold"]
+    assert card["threshold"]["source"].startswith("site calibration: clinic")
+    assert body["threshold"] == record["threshold"]
+    assert body["malignant_risk"] == pytest.approx(expected["malignant_risk"], abs=1e-6)
