@@ -534,9 +534,10 @@ def validate_config(cfg: Config) -> None:
                 f"config keys '{f.name}.train.epochs' and '{f.name}.train.max_steps' are both 0, "
                 "so the stage would not train: set one of them to a positive number"
             )
-        for key in ("block_out_channels",):
-            if getattr(stage, key, None) == ():
-                raise ConfigError(f"config key '{f.name}.{key}' must list at least one width")
+        if getattr(stage, "block_out_channels", None) == ():
+            raise ConfigError(
+                f"config key '{f.name}.block_out_channels' must list at least one width"
+            )
     if cfg.data.group_missing_lesions not in ("error", "image"):
         raise ConfigError(
             f"config key 'data.group_missing_lesions' must be error or image, "

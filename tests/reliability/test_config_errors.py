@@ -65,6 +65,7 @@ def test_unparsable_override_value(cli, tmp_path: Path) -> None:
         (["evaluate.specificities=[0.9, 1.2]"], "'evaluate.specificities[1]'", "between 0 and 1"),
         (["vae.block_out_channels=[32, 0]"], "'vae.block_out_channels[1]'", "1 or more"),
         (["sample.steps=0"], "'sample.steps'", "1 or more"),
+        (["ldm.block_out_channels=[]"], "'ldm.block_out_channels'", "at least one width"),
         (["data.group_missing_lesions=drop"], "'data.group_missing_lesions'", "error or image"),
     ],
 )
