@@ -221,7 +221,7 @@ def _model_thresholds(config: dict[str, Any]) -> dict[str, float]:
 
 
 def _read_predictions(folder: Path) -> tuple[pd.DataFrame, np.ndarray] | None:
-    """The internal evaluation's predictions.csv as (rows, probs), if it exists."""
+    """A predictions.csv (p_<class> columns in class order) as (rows, probs), if it exists."""
     path = folder / "predictions.csv"
     if not path.exists():
         return None
@@ -295,7 +295,8 @@ def evaluate_external(
     `models`: name -> checkpoint folder. `internal`: name -> the folder where that model's
     internal evaluation wrote predictions.csv (default `<run_dir>/evaluate/<name>`); it is
     re-scored the same way for the side-by-side table. Writes
-    `<out_dir>/<set>/<model>/{metrics.json, predictions.csv, skipped.csv}` and `<out_dir>/external.json` (default out_dir `<run_dir>/evaluate/external`).
+    `<out_dir>/<set>/<model>/{metrics.json, predictions.csv, skipped.csv}` and
+    `<out_dir>/external.json` (default out_dir `<run_dir>/evaluate/external`).
     Returns the external.json content; {} when no external set is configured.
     """
     sets = tuple(cfg.evaluate.external)
