@@ -256,3 +256,22 @@ def test_server_and_page_use_the_calibrated_threshold(export, tmp_path):
     assert card["threshold"]["source"].startswith("site calibration: clinic")
     assert body["threshold"] == record["threshold"]
     assert body["malignant_risk"] == pytest.approx(expected["malignant_risk"], abs=1e-6)
+
+
+@pytest.mark.parametrize("label_only", [False, True])
+def test_temperature_recovers_a_known_overconfidence(label_only):
+    """Labels drawn from softmax(z / 2) while the model says softmax(z): T is about 2, fitted
+    per class, or on benign/malignant alone when no diagnosis is known."""
+    from dermae.deploy.calibrate import fit_temperature
+    from dermae.evaluate.external import SetLabels
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, (6000, 3))
+    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    true = apply_temperature(probs, 2.0)
+    y = np.array([rng.choice(3, p=p) for p in true])
+    malignant = (y == 0).astype(np.int64)
+    target = np.full_like(y, -1) if label_only else y
+    fitted = fit_temperature(probs, SetLabels(target, malignant, np.full_like(y, -1)), [0])
+    assert fitted["temperature"] == pytest.approx(2.0, rel=0.1)
+    assert fitted["fitted_on"].startswith("benign/malignant" if label_only else "per-class")
