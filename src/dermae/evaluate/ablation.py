@@ -33,6 +33,7 @@ from dermae.data.prepared import load_prepared
 from dermae.distill.train import ENSEMBLE_DIR, STATS_FILE, distill
 from dermae.engine.checkpoint import load_config_json
 from dermae.evaluate.bootstrap import paired_bootstrap
+from dermae.evaluate.external import evaluate_external, paired_on_external
 from dermae.evaluate.metrics import scalar_metric_fn
 from dermae.evaluate.report import metrics_table
 from dermae.evaluate.run import evaluate_model
@@ -301,6 +302,15 @@ def ablate(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
         cfg.evaluate.bootstrap,
         cfg.seed,
     )
+    # Every variant on every `evaluate.external` set too: does DerMAE transfer better?
+    external = evaluate_external(
+        cfg, run_dir, models, out / "external", internal={n: out / "eval" / n for n in models}
+    )
+    external_paired = (
+        paired_on_external(cfg, out / "external", list(models), reference=REFERENCE)
+        if external
+        else {}
+    )
     table = metrics_table(
         {LABELS[k]: r["scalars"] for k, r in results.items()},
         {LABELS[k]: r["ci95"] for k, r in results.items()},
@@ -316,6 +326,7 @@ def ablate(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
         "verdict": verdict(comparisons),
         "results": {k: {"scalars": r["scalars"], "ci95": r["ci95"]} for k, r in results.items()},
         "paired_bootstrap": comparisons,
+        "external_paired_bootstrap": external_paired,
         "table": table,
     }
     (out / "ablation.json").write_text(json.dumps(summary, indent=2))
@@ -337,6 +348,13 @@ def ablation_markdown(summary: dict[str, Any]) -> str:
     sizes = summary["notes"].get("sizes")
     if sizes:
         lines.append(size_line(sizes))
+    for set_name, paired in (summary.get("external_paired_bootstrap") or {}).items():
+        lines += [
+            "",
+            f"External set {set_name}: each model minus (b), malignant AUROC (paired, 95% CI):",
+            "",
+            verdict(paired, "malignant_auroc"),
+        ]
     table = summary["table"]
     columns = list(table[0]) if table else []
     lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
