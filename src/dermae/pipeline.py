@@ -16,11 +16,15 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+from accelerate import PartialState
 
 from dermae.config import Config, save_config, to_dict
 from dermae.engine.checkpoint import CheckpointError, check_safetensors
@@ -119,6 +123,16 @@ STAGES: tuple[Stage, ...] = (
     ),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
+# Stages whose training loop runs on every process under torchrun / accelerate launch; the
+# others run on rank 0 while the rest wait.
+TRAINING_STAGES = frozenset({"baseline", "vae", "ldm", "pretrain", "finetune", "distill", "ablate"})
+
+
+def _distributed() -> PartialState | None:
+    """Accelerate's process group when launched with several processes, else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def _call(target: str) -> Callable[..., Any]:
@@ -245,22 +259,34 @@ def run_stage(cfg: Config, name: str, resume: bool = True, force: bool = False) 
             print(f"[dermae] {name}: inputs changed ({why or 'older mark'}); running it again")
     began = _read(marks / f"{name}.started.json")
     can_resume = resume and not force and began is not None and began["fingerprint"] == fingerprint
-    _write(marks / f"{name}.started.json", {"fingerprint": fingerprint})
-    print(f"[dermae] {name}: {stage.description}" + (" (resuming)" if can_resume else ""))
+    state = _distributed()
+    main = state is None or state.is_main_process
+    if state is not None:
+        state.wait_for_everyone()  # every rank has read the marks before rank 0 rewrites them
+    if main:
+        _write(marks / f"{name}.started.json", {"fingerprint": fingerprint})
+        print(f"[dermae] {name}: {stage.description}" + (" (resuming)" if can_resume else ""))
     t0 = time.time()
-    output = Path(_call(stage.target)(cfg, run_dir, resume=can_resume))
+    output = run_dir / "none"
+    if main or name in TRAINING_STAGES:
+        output = Path(_call(stage.target)(cfg, run_dir, resume=can_resume))
     seconds = time.time() - t0
-    record = {
-        "fingerprint": fingerprint,
-        "output": str(output),
-        "seconds": seconds,
-        "files": output_files(output),
-        "inputs": payload,
-    }
-    _write(marks / f"{name}.json", record)
-    with (marks / "timings.jsonl").open("a") as f:
-        f.write(json.dumps({"stage": name, "seconds": round(seconds, 1)}) + "\n")
-    print(f"[dermae] {name}: finished in {seconds:.0f} s")
+    if main:
+        record = {
+            "fingerprint": fingerprint,
+            "output": str(output),
+            "seconds": seconds,
+            "files": output_files(output),
+            "inputs": payload,
+        }
+        _write(marks / f"{name}.json", record)
+        with (marks / "timings.jsonl").open("a") as f:
+            f.write(json.dumps({"stage": name, "seconds": round(seconds, 1)}) + "\n")
+        print(f"[dermae] {name}: finished in {seconds:.0f} s")
+    if state is not None:
+        state.wait_for_everyone()  # rank 0 has saved what the next stage will read
+    if not main:
+        return Path((_read(marks / f"{name}.json") or {"output": output})["output"])
     return output
 
 

@@ -52,10 +52,21 @@ def _contiguous_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
 
 
+def process_rank() -> int:
+    """This process's rank under torchrun / accelerate launch (0 when alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def atomic_dir(final: Path) -> Path:
-    """A fresh temporary folder next to `final`; pass it to `commit_dir`."""
+    """A fresh temporary folder next to `final`; pass it to `commit_dir`.
+
+    Under DDP every rank may run a stage's saving code; only rank 0's folder is committed
+    (the others write to their own scratch folder, which `commit_dir` drops), so ranks never
+    race on one path.
+    """
     final = Path(final)
-    tmp = final.with_name(final.name + ".tmp")
+    rank = process_rank()
+    tmp = final.with_name(final.name + (".tmp" if rank == 0 else f".tmp-rank{rank}"))
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -63,8 +74,11 @@ def atomic_dir(final: Path) -> Path:
 
 
 def commit_dir(tmp: Path, final: Path) -> None:
-    """Replace `final` by `tmp` (rename; the old folder is removed first)."""
+    """Replace `final` by `tmp` (rename; the old folder is removed first); rank > 0: drop tmp."""
     final = Path(final)
+    if process_rank() != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     old = final.with_name(final.name + ".old")
     if final.exists():
         if old.exists():
