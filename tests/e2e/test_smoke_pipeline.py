@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from dermae.config import default_data_root
+from dermae.data.toy import write_toy_dataset
 from dermae.pipeline import STAGE_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +44,10 @@ def _dermae(*args: str, run_dir: Path) -> subprocess.CompletedProcess:
 
 def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
     run_dir = tmp_path / "smoke"
-    first = _dermae("run", run_dir=run_dir)
+    site = tmp_path / "site"  # a generated "other clinic": nevus vs melanoma class folders
+    write_toy_dataset(site, layout="folders", classes=["nv", "mel"], lesions_per_class=[6, 6])
+    external = f"evaluate.external=[{{name: site, path: {site}, layout: folders}}]"
+    first = _dermae("run", "--set", external, run_dir=run_dir)
     assert first.returncode == 0, first.stderr[-4000:]
     for stage in STAGE_NAMES:
         record = json.loads((run_dir / "stages" / f"{stage}.json").read_text())
@@ -60,9 +64,16 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
     assert student["n_images"] == (manifest["split"] == "test").sum()
     assert 0.0 <= student["scalars"]["balanced_accuracy"] <= 1.0
     assert (run_dir / "report.html").stat().st_size > 10_000
-    assert (run_dir / "ablate" / "ablation.json").exists()
+    ablation = json.loads((run_dir / "ablate" / "ablation.json").read_text())
+    variants = {"a_real_ce", "b_simple_fix", "c_real_synth", "d_dermae", "e_no_mae"}
+    assert variants | {"f_no_synth_pretrain", "teacher_ensemble"} <= set(ablation["models"])
+    assert ablation["reference"] == "b_simple_fix"
+    paired = ablation["external_paired_bootstrap"]["site"]
+    assert "d_dermae - b_simple_fix" in paired
+    ensemble = json.loads((run_dir / "teacher_ensemble" / "model" / "config.json").read_text())
+    assert ensemble["arch"] == "ensemble" and len(ensemble["members"]) == 2
     assert (run_dir / "export" / "model.onnx").exists()
 
-    second = _dermae("run", run_dir=run_dir)
+    second = _dermae("run", "--set", external, run_dir=run_dir)
     assert second.returncode == 0, second.stderr[-4000:]
     assert second.stdout.count("done earlier, skipped") == len(STAGE_NAMES)
