@@ -62,6 +62,14 @@ def evaluate_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, config = load_classifier(model_dir)
+    model_size = int(config["image_size"])
+    if prepared.image_size != model_size:
+        # A CNN runs on any size, so the metrics would look fine while meaning nothing.
+        raise ValueError(
+            f"{model_dir} is a {model_size}-px model but {prepared.root} holds "
+            f"{prepared.image_size}-px images: evaluate it on data prepared at {model_size} px "
+            f"(--set data.image_size={model_size} with another --run-dir)"
+        )
     rows = prepared.rows(split).reset_index(drop=True)
     if rows.empty:
         raise ValueError(f"split '{split}' of {prepared.root} has no images to evaluate")
