@@ -9,7 +9,9 @@ CLI imports first counts too), then runs, each sequence bounded in requests and 
    (a 600x450 JPEG, the size of a dermoscopy photo): latency p50 / p95 / max, statuses;
 2. large images: `--large` simultaneous uploads of a 7000x7000 RGB PNG (~150 KB that
    decodes to 49 MP): statuses and the server's peak RSS while they run;
-3. after a pause: the server's RSS against its idle RSS.
+3. after a pause: the server's RSS against its idle RSS;
+4. with `--huge N` (off by default): N simultaneous uploads of a ~19 MB noise PNG (just under
+   the 20 MB upload limit): statuses and peak RSS (the issue measured 2.19 GB for N=20).
 
 RSS is read from /proc/<pid>/status (VmRSS; VmHWM for the peak, reset between phases
 through /proc/<pid>/clear_refs). Goals (issue 11): peak <= 400 MB under 6 large uploads,
@@ -149,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="per sequence, seconds")
     parser.add_argument("--label", default="", help="a name for this run in the JSON")
     parser.add_argument("--launcher", choices=["serve", "cli"], default="serve")
+    parser.add_argument("--huge", type=int, default=0, help="uploads of a ~19 MB PNG at once")
     args = parser.parse_args(argv)
 
     load_before = uptime()
@@ -215,6 +218,24 @@ def main(argv: list[str] | None = None) -> int:
             }
             time.sleep(3.0)
             after = proc_mb(pid, "VmRSS")
+            huge = None
+            if args.huge:
+                noise = np.random.default_rng(1).integers(0, 255, (2520, 2520, 3), np.uint8)
+                buf = io.BytesIO()
+                Image.fromarray(noise).save(buf, "PNG", compress_level=1)
+                reset_peak(pid)
+                res = asyncio.run(
+                    burst(base, buf.getvalue(), "huge.png", "image/png", args.huge, args.timeout)
+                )
+                time.sleep(3.0)
+                huge = {
+                    "parallel": args.huge,
+                    "image": f"2520x2520 noise PNG, {len(buf.getvalue()):,} bytes",
+                    "statuses": statuses(res),
+                    "latency": percentiles([t for _, t in res]),
+                    "peak_rss_mb": round(proc_mb(pid, "VmHWM"), 1),
+                    "rss_3s_after_mb": round(proc_mb(pid, "VmRSS"), 1),
+                }
         finally:
             server.terminate()
             try:
@@ -232,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "concurrency": concurrency,
         "large": large,
         "rss_3s_after_large_mb": round(after, 1),
+        "huge_uploads": huge,
         "goals": {
             "peak_rss_large_mb": [large["peak_rss_mb"], f"<= {GOAL_PEAK_MB}"],
             "back_above_idle_mb": [round(after - idle, 1), f"<= {GOAL_BACK_MB}"],
