@@ -141,3 +141,17 @@ def test_supported_students_build_at_the_working_resolution(arch):
     assert stats["parameters"] == sum(p.numel() for p in student.net.parameters())
     assert stats["size_bytes"] >= 4 * stats["parameters"]  # fp32 weights plus a header
     assert stats["flops_per_image"] > 0
+
+
+def test_a_retrained_teacher_is_never_resumed_onto(tmp_path):
+    make_prepared(tmp_path, n_per_class=10, size=16, classes=CLASSES)
+    save_teacher(tmp_path / "teacher" / "model", 16)
+    cfg = tiny_config(tmp_path)
+    first = load_file(str(distill(cfg, tmp_path) / MODEL_FILE))
+    again = load_file(str(distill(cfg, tmp_path, resume=True) / MODEL_FILE))
+    assert all(torch.equal(first[k], again[k]) for k in first)  # same teacher: resumed, done
+    torch.manual_seed(99)  # another teacher in the same folder
+    config = classifier_config("test_vit", CLASSES, ["bcc", "mel"], 16, mean=(0.5,) * 3)
+    save_classifier(tmp_path / "teacher" / "model", build_classifier(config))
+    retrained = load_file(str(distill(cfg, tmp_path, resume=True) / MODEL_FILE))
+    assert not all(torch.equal(first[k], retrained[k]) for k in first)

@@ -245,6 +245,9 @@ def finetune(
         run_config={"stage": to_dict(fcfg)},
         extra_config={"finetune": info},  # filled by make_task before the model is saved
         desc="finetune",
+        upstream=[Path(encoder) if encoder is not None else encoder_dir(run_dir)]
+        if fcfg.init == "mae"
+        else [],
     )
     return trained.model_dir
 

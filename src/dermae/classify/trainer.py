@@ -84,11 +84,14 @@ def train_classifier(
     run_config: dict[str, Any] | None = None,
     extra_config: dict[str, Any] | None = None,
     desc: str | None = None,
+    upstream: list[Path] | None = None,
 ) -> Trained:
     """Train the classifier `make_task(setup).model` into `<run_dir>/<stage>/`.
 
     Writes `<stage>/train/` (the loop's log and resumable state) and `<stage>/model/` (the
-    best-by-validation classifier with thresholds chosen on validation).
+    best-by-validation classifier with thresholds chosen on validation). `upstream`: model
+    folders the task builds on (an encoder, a teacher); a checkpoint made on other upstream
+    weights is not resumed.
     """
     run_dir = Path(run_dir)
     with_synth = uses_synthetic(cfg, recipe)
@@ -135,6 +138,7 @@ def train_classifier(
         },
         select_metric=SELECT_METRIC,
         num_workers=cfg.data.num_workers,
+        upstream=upstream or [],
     )
     model: Classifier = result.task.model  # best-by-val weights
     extra = attach_thresholds(model, val_set, view, cfg.evaluate.specificities)

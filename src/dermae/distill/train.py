@@ -224,6 +224,7 @@ def distill(
         resume=resume,
         run_config={"stage": to_dict(dcfg), **provenance},
         extra_config={"distilled": provenance},
+        upstream=[teacher_path],
     )
     model_dir = trained.model_dir
     stats = {
