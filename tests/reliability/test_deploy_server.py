@@ -53,6 +53,8 @@ def test_security_headers_are_on_every_response(client):
 def test_docs_are_off_by_default_and_opt_in(client, export_dir):
     for path in ("/docs", "/redoc"):
         assert client.get(path).status_code == 404
+    page = client.get("/").text
+    assert 'href="/docs"' not in page and 'href="/openapi.json"' in page  # no dead link
     assert build_parser().parse_args(["serve", "--model", "m"]).docs is False
     assert build_parser().parse_args(["serve", "--model", "m", "--docs"]).docs is True
     with TestClient(create_app(export_dir, threads=1, docs=True)) as c:
