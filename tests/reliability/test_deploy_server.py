@@ -145,6 +145,22 @@ def test_gate_waits_for_pixels_then_answers_503_when_full():
     ]
 
 
+def test_a_waiter_that_goes_away_leaves_no_slot_behind():
+    async def scenario() -> tuple[int, int, int]:
+        gate = DecodeGate(slots=1, max_pixels=100, max_waiting=4, max_requests=9, max_bytes=99)
+        await gate.acquire(10, 1)
+        gone = asyncio.create_task(gate.acquire(10, 5))
+        await asyncio.sleep(0.05)
+        gone.cancel()  # a client disconnect cancels its request
+        await asyncio.gather(gone, return_exceptions=True)
+        gate.release(10)
+        await gate.acquire(10, 0.1)  # free at once: the cancelled waiter took nothing
+        gate.release(10)
+        return gate.active, gate.pixels, len(gate._waiters)  # noqa: SLF001
+
+    assert run(scenario()) == (0, 0, 0)
+
+
 def test_gate_caps_requests_and_bytes_in_flight():
     gate = DecodeGate(slots=1, max_pixels=10, max_waiting=0, max_requests=2, max_bytes=100)
     gate.admit(1000)  # the first is always let in, however large

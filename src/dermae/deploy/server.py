@@ -170,11 +170,17 @@ class DecodeGate:
         try:
             await asyncio.wait_for(asyncio.shield(granted), max(timeout_s, 0.0))
         except TimeoutError:
-            if granted.done():  # granted in the same instant: give it back
-                self.release(pixels)
-            else:
-                granted.cancel()
+            self._abandon(granted, pixels)
             raise busy("server busy decoding other images") from None
+        except asyncio.CancelledError:  # the client went away while waiting
+            self._abandon(granted, pixels)
+            raise
+
+    def _abandon(self, granted: asyncio.Future, pixels: int) -> None:
+        if granted.done() and not granted.cancelled():
+            self.release(pixels)  # granted in the same instant: give it back
+        else:
+            granted.cancel()  # `release` skips it
 
     def release(self, pixels: int) -> None:
         self.active -= 1
