@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if not hasattr(args, "config"):  # commands with a config apply its `threads` in _load
-            _lazy("dermae.engine.threads:apply_threads")(0)
+            _lazy("dermae.engine.threads:export_threads")(0)  # serve/predict: no torch import
         result = args.handler(args)
     except (ConfigError, ValueError) as err:
         # Expected user errors (config keys, data rows) get one clear line, not a traceback.

@@ -10,8 +10,6 @@ import math
 import os
 from pathlib import Path
 
-import torch
-
 THREADS_ENV = "DERMAE_THREADS"
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
@@ -68,8 +66,18 @@ def resolve_threads(setting: int = 0) -> tuple[int, str]:
 
 def apply_threads(setting: int = 0) -> tuple[int, str]:
     """Resolve and apply (torch.set_num_threads); returns what `resolve_threads` returns."""
+    import torch  # here, so that `export_threads` (serve, predict) does not load torch
+
     threads, source = resolve_threads(setting)
     torch.set_num_threads(threads)
+    return threads, source
+
+
+def export_threads(setting: int = 0) -> tuple[int, str]:
+    """Resolve, and set OMP_NUM_THREADS for libraries not imported yet (torch sizes its pool
+    from it on import), without importing torch: for commands that may never need it."""
+    threads, source = resolve_threads(setting)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     return threads, source
 
 
@@ -79,5 +87,6 @@ __all__ = [
     "apply_threads",
     "available_cpus",
     "cgroup_cpus",
+    "export_threads",
     "resolve_threads",
 ]
