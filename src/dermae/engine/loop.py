@@ -217,6 +217,7 @@ def make_fingerprint(
     """{"digest", "parts", "settings"}: what a checkpoint of this call must have been made from."""
     train = {k: v for k, v in to_dict(cfg).items() if k not in BOOKKEEPING_KEYS}
     settings = {"train": train, "run": run_config or {}, "layer_decay": layer_decay}
+    settings = json.loads(json.dumps(settings, default=str))  # as the checkpoint will hold it
     parts = {
         "settings": digest(settings),
         "data": data_hash or dataset_fingerprint(train_dataset) or "unknown",
