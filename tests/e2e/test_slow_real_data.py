@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from safetensors.torch import load_file
 
@@ -79,6 +80,8 @@ def test_whole_pipeline_on_a_bigger_subset(tmp_path):
     losses = [r["loss"] for r in logged if "loss" in r]
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2  # it learns on real images
     student = json.loads((run / "evaluate" / "student" / "metrics.json").read_text())
-    assert student["split"] == "test" and student["n_images"] > 300
+    manifest = pd.read_csv(run / "data" / "manifest.csv")
+    assert student["split"] == "test" and student["n_images"] == (manifest["split"] == "test").sum()
+    assert student["n_images"] > 200  # 1,000 lesions: ~20 % of their images
     again = _dermae("run", "--set", "baseline.train.max_steps=60", run_dir=run)
     assert again.stdout.count("done earlier, skipped") == len(STAGE_NAMES)
