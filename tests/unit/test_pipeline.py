@@ -133,3 +133,13 @@ def test_downstream_follows_the_upstream_as_made(tmp_path, fake_stages):
     calls.clear()
     pipeline.run_stage(cfg, "finetune")
     assert calls == [("finetune", False)]
+
+
+def test_every_stage_command_goes_through_a_pipeline_stage():
+    from dermae import cli
+
+    targets = {s.target for s in pipeline.STAGES}
+    commands = {**cli.STAGE_COMMANDS, **{f"synth {k}": v for k, v in cli.SYNTH_COMMANDS.items()}}
+    assert {name: target in targets for name, (target, _) in commands.items()} == {
+        name: True for name in commands
+    }
