@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from dermae.engine.threads import affinity_cpus, available_cpus, cgroup_cpus
+from dermae.engine.threads import affinity_cpus, available_cpus, cgroup_cpus, resolve_threads
 
 WORKER = """
 import sys, time, torch, timm
@@ -60,6 +60,7 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.time()
+    auto_at_start = resolve_threads(0)[0]
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     load_before = os.getloadavg()
     rows = []
@@ -92,7 +93,8 @@ def main() -> None:
             "os_cpu_count": os.cpu_count(),
             "affinity": affinity_cpus(),
             "cgroup_quota": cgroup_cpus(),
-            "dermae_auto": available_cpus(),
+            "usable": available_cpus(),  # affinity and quota
+            "dermae_auto_at_start": auto_at_start,  # less the busy ones (load average)
         },
         "uptime_before": uptime_before,
         "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),

@@ -125,7 +125,11 @@ def test_threads_follow_config_then_env_then_cgroup(tmp_path, monkeypatch):
 
     monkeypatch.setattr(threads, "affinity_cpus", lambda: 4)
     monkeypatch.setattr(threads, "cgroup_cpus", lambda: 2.5)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.2, 0.5, 0.5))
     assert threads.resolve_threads(0)[0] == 2  # quota 2.5 CPUs -> 2 threads
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.2, 0.5, 0.5))
+    assert threads.resolve_threads(0)[0] == 1  # one core busy elsewhere: no thread waits on it
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.2, 0.5, 0.5))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert threads.resolve_threads(0)[0] == 1  # two processes share them
     monkeypatch.setenv("OMP_NUM_THREADS", "3")

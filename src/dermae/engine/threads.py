@@ -42,12 +42,22 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
+def busy_cpus() -> int:
+    """CPUs other work keeps busy now: the 1-minute load average, rounded."""
+    try:
+        return round(os.getloadavg()[0])
+    except OSError:  # not available on this platform
+        return 0
+
+
 def resolve_threads(setting: int = 0) -> tuple[int, str]:
     """(threads, where the number came from).
 
     Order: the config's `threads` when > 0; else `DERMAE_THREADS`; else `OMP_NUM_THREADS` (the
-    habit the README used to recommend); else the CPUs this process may use, shared among the
-    processes of a `torchrun`/`accelerate launch` on this machine.
+    habit the README used to recommend); else the CPUs this process may use, less those the
+    load average says are busy (a thread without a free core spins: 2 threads beside one busy
+    process measured 7-9x slower than 1, BENCHMARKS.md), shared among the processes of a
+    `torchrun`/`accelerate launch` on this machine.
     """
     if setting > 0:
         return setting, "config threads"
@@ -60,8 +70,10 @@ def resolve_threads(setting: int = 0) -> tuple[int, str]:
             except ValueError:
                 raise ValueError(f"{name}={value!r} must be a whole number of threads") from None
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    cpus = available_cpus()
-    return max(1, cpus // local_processes), f"auto: {cpus} usable CPUs / {local_processes} proc"
+    cpus, busy = available_cpus(), busy_cpus()
+    free = max(1, cpus - busy)
+    source = f"auto: {cpus} usable CPUs, ~{busy} busy, {local_processes} process(es)"
+    return max(1, free // local_processes), source
 
 
 def apply_threads(setting: int = 0) -> tuple[int, str]:
@@ -86,6 +98,7 @@ __all__ = [
     "affinity_cpus",
     "apply_threads",
     "available_cpus",
+    "busy_cpus",
     "cgroup_cpus",
     "export_threads",
     "resolve_threads",
