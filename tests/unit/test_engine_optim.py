@@ -123,12 +123,19 @@ def test_threads_follow_config_then_env_then_cgroup(tmp_path, monkeypatch):
     assert threads.cgroup_cpus(quota) is None
     assert threads.cgroup_cpus(tmp_path / "absent") is None
 
+    real_runnable_others = threads.runnable_others
     monkeypatch.setattr(threads, "affinity_cpus", lambda: 4)
     monkeypatch.setattr(threads, "cgroup_cpus", lambda: 2.5)
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.2, 0.5, 0.5))
     assert threads.resolve_threads(0)[0] == 2  # quota 2.5 CPUs -> 2 threads
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.2, 0.5, 0.5))
+    monkeypatch.setattr(threads, "runnable_others", lambda: 1)
     assert threads.resolve_threads(0)[0] == 1  # one core busy elsewhere: no thread waits on it
+    monkeypatch.setattr(threads, "runnable_others", lambda: 0)
+    assert threads.resolve_threads(0)[0] == 2  # the load was a command that has just ended
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("1.20 0.50 0.50 3/120 4242\n")
+    assert real_runnable_others(loadavg, samples=1) == 2
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.2, 0.5, 0.5))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert threads.resolve_threads(0)[0] == 1  # two processes share them

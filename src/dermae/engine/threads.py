@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 THREADS_ENV = "DERMAE_THREADS"
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+PROC_LOADAVG = Path("/proc/loadavg")
 
 
 def affinity_cpus() -> int:
@@ -42,12 +44,29 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
+def runnable_others(path: Path = PROC_LOADAVG, samples: int = 5) -> int | None:
+    """Tasks runnable right now besides this one (/proc/loadavg's 4th field), median of a few
+    samples 10 ms apart; None where there is no /proc."""
+    counts = []
+    for _ in range(samples):
+        try:
+            running = int(path.read_text().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        counts.append(max(0, running - 1))
+        time.sleep(0.01)
+    return sorted(counts)[len(counts) // 2]
+
+
 def busy_cpus() -> int:
-    """CPUs other work keeps busy now: the 1-minute load average, rounded."""
+    """CPUs other work keeps busy: the 1-minute load average, capped by what is runnable now
+    (so the command that finished a moment ago does not count)."""
     try:
-        return round(os.getloadavg()[0])
+        load = round(os.getloadavg()[0])
     except OSError:  # not available on this platform
         return 0
+    now = runnable_others()
+    return load if now is None else min(load, now)
 
 
 def resolve_threads(setting: int = 0) -> tuple[int, str]:
@@ -102,4 +121,5 @@ __all__ = [
     "cgroup_cpus",
     "export_threads",
     "resolve_threads",
+    "runnable_others",
 ]
