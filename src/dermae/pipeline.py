@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,7 @@ STAGES: tuple[Stage, ...] = (
 STAGE_NAMES = tuple(s.name for s in STAGES)
 # Stages whose training loop runs on every process under torchrun / accelerate launch; the
 # others run on rank 0 while the rest wait.
+STAGE_WAIT = timedelta(hours=12)
 TRAINING_STAGES = frozenset({"baseline", "vae", "ldm", "pretrain", "finetune", "distill", "ablate"})
 
 
@@ -132,7 +134,9 @@ def _distributed() -> PartialState | None:
     """Accelerate's process group when launched with several processes, else None."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
-    return PartialState(cpu=not torch.cuda.is_available())
+    # Ranks > 0 wait at a barrier while rank 0 runs a stage such as sampling, which can take
+    # longer than torch's default 30-minute collective timeout.
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=STAGE_WAIT)
 
 
 def _call(target: str) -> Callable[..., Any]:
@@ -311,7 +315,8 @@ def run_pipeline(
             raise ValueError(f"unknown stage '{name}'; stages: {', '.join(STAGE_NAMES)}")
     run_dir = Path(cfg.run_dir)
     (run_dir / "stages").mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_config(cfg, run_dir / "config.yaml")
     forced = _downstream({from_stage}) if from_stage else set()
     started_all = time.time()
     for stage in STAGES:
