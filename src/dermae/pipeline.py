@@ -19,6 +19,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch
 from accelerate import PartialState
 
 from dermae.config import Config, save_config, to_dict
-from dermae.engine.checkpoint import CheckpointError, check_safetensors
+from dermae.engine.checkpoint import CheckpointError, check_safetensors, collective_saves
 from dermae.engine.fingerprint import first_difference
 
 
@@ -273,7 +274,8 @@ def run_stage(cfg: Config, name: str, resume: bool = True, force: bool = False) 
     t0 = time.time()
     output = run_dir / "none"
     if main or name in TRAINING_STAGES:
-        output = Path(_call(stage.target)(cfg, run_dir, resume=can_resume))
+        with collective_saves() if state is not None else nullcontext():
+            output = Path(_call(stage.target)(cfg, run_dir, resume=can_resume))
     seconds = time.time() - t0
     if main:
         record = {

@@ -12,6 +12,8 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +75,35 @@ def atomic_dir(final: Path) -> Path:
     return tmp
 
 
+_collective = False  # see collective_saves()
+
+
+@contextmanager
+def collective_saves() -> Iterator[None]:
+    """While every rank runs the same stage code (a training stage under DDP), `commit_dir`
+    ends with a barrier, so no rank reads a folder before rank 0 has committed it."""
+    global _collective
+    before, _collective = _collective, True
+    try:
+        yield
+    finally:
+        _collective = before
+
+
 def commit_dir(tmp: Path, final: Path) -> None:
-    """Replace `final` by `tmp` (rename; the old folder is removed first); rank > 0: drop tmp."""
-    final = Path(final)
-    if process_rank() != 0:
+    """Replace `final` by `tmp` on rank 0; other ranks drop their tmp (and, inside
+    `collective_saves`, wait until rank 0 has committed)."""
+    if process_rank() == 0:
+        replace_dir(tmp, final)
+    else:
         shutil.rmtree(tmp, ignore_errors=True)
-        return
+    if _collective and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Replace `final` by `tmp` (rename; the old folder is removed first), in this process only."""
+    final = Path(final)
     old = final.with_name(final.name + ".old")
     if final.exists():
         if old.exists():

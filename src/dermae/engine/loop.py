@@ -51,12 +51,11 @@ from dermae.engine.checkpoint import (
     STATE_DIR,
     CheckpointError,
     atomic_dir,
-    commit_dir,
     load_training_state,
     load_weights,
+    replace_dir,
     restore_rng,
     rng_state,
-    save_model,
     save_training_state,
     seed_everything,
     write_model_files,
@@ -362,7 +361,7 @@ def fit(
         write_model_files(tmp, _weights_of(trainable), stage_config)
         extra = {"ema": _weights_of(ema.module)} if ema is not None else None
         save_training_state(tmp, optimizer, {"step": step, "best": best}, extra, rng_states)
-        commit_dir(tmp, ckpt_dir)
+        replace_dir(tmp, ckpt_dir)  # rank 0 alone: no collective here
 
     def run_eval() -> dict[str, float]:
         nonlocal best
@@ -386,8 +385,9 @@ def fit(
                 "metric": select_metric,
             }
             if accelerator.is_main_process:
-                best_config = {**stage_config, "best": best}
-                save_model(out_dir / BEST_DIR, _weights_of(trainable), best_config)
+                tmp = atomic_dir(out_dir / BEST_DIR)
+                write_model_files(tmp, _weights_of(trainable), {**stage_config, "best": best})
+                replace_dir(tmp, out_dir / BEST_DIR)
         if backup is not None:
             trainable.load_state_dict(backup)
         return scores
