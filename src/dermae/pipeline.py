@@ -42,6 +42,10 @@ class Stage:
     description: str
 
 
+# Training stages choose their thresholds on validation, so they depend on the target
+# specificities, but not on the rest of `evaluate` (bootstrap size, external sets, ...).
+THRESHOLDS = "evaluate.specificities"
+
 STAGES: tuple[Stage, ...] = (
     Stage(
         "prepare",
@@ -53,7 +57,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "baseline",
         "dermae.classify.baseline:train_baseline",
-        ("baseline", "evaluate"),
+        ("baseline", THRESHOLDS),
         ("prepare",),
         "plain classifier on real data",
     ),
@@ -83,14 +87,14 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "finetune",
         "dermae.classify.finetune:finetune",
-        ("finetune", "evaluate"),
+        ("finetune", THRESHOLDS),
         ("pretrain",),
         "teacher fine-tuning",
     ),
     Stage(
         "distill",
         "dermae.distill.train:distill",
-        ("distill", "evaluate"),
+        ("distill", THRESHOLDS),
         ("finetune", "baseline"),  # the baseline may be a member of the teacher ensemble
         "student distillation",
     ),
@@ -149,9 +153,16 @@ def _payload(tree: dict[str, Any], stage: Stage, upstream: dict[str, str]) -> di
     return {
         "data": tree["data"],
         "seed": tree["seed"],
-        "sections": {s: tree[s] for s in stage.sections},
+        "sections": {s: _section(tree, s) for s in stage.sections},
         "after": [upstream[u] for u in stage.after],
     }
+
+
+def _section(tree: dict[str, Any], key: str) -> Any:
+    """A config section, or one key of it ("evaluate.specificities")."""
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
 
 
 def _hash(payload: dict[str, Any]) -> str:

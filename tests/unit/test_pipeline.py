@@ -143,3 +143,17 @@ def test_every_stage_command_goes_through_a_pipeline_stage():
     assert {name: target in targets for name, (target, _) in commands.items()} == {
         name: True for name in commands
     }
+
+
+def test_external_sets_and_bootstrap_size_retrain_nothing():
+    from dermae.config import load_config
+    from dermae.pipeline import fingerprints
+
+    base = fingerprints(load_config("configs/smoke.yaml"))
+    external = "evaluate.external=[{name: site, path: /tmp/site}]"
+    changed = fingerprints(load_config("configs/smoke.yaml", [external, "evaluate.bootstrap=7"]))
+    trained = ("baseline", "vae", "ldm", "sample", "pretrain", "finetune", "distill")
+    assert all(base[s] == changed[s] for s in trained)
+    assert base["evaluate"] != changed["evaluate"] and base["ablate"] != changed["ablate"]
+    thresholds = fingerprints(load_config("configs/smoke.yaml", ["evaluate.specificities=[0.8]"]))
+    assert base["baseline"] != thresholds["baseline"]

@@ -121,8 +121,6 @@ def train_classifier(
         evaluate=val_evaluator(val_set, view, recipe.eval_batch_size),
         sampler_weights=sampler,
         resume=resume,
-        # Layer decay needs timm's parameter grouping, which lives on the timm net itself.
-        model=task.model.net if layer_decay is not None else None,
         layer_decay=layer_decay,
         desc=desc or stage,
         run_config={
