@@ -17,7 +17,7 @@ import pandas as pd
 from dermae.config import default_data_root
 from dermae.data.classes import HAM10000_CLASSES
 from dermae.evaluate.bootstrap import bootstrap_ci, paired_bootstrap
-from dermae.evaluate.metrics import classification_metrics, scalar_metric_fn
+from dermae.metrics import classification_metrics, scalar_metric_fn
 
 
 def simulated_probs(y: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:

@@ -223,7 +223,7 @@ class ExportConfig:
     # auto = fastest variant within max_balanced_acc_drop on val; or one of
     # dynamic | qdq | qoperator | qdq_all | qoperator_all | qdq_default
     int8_variant: str = "auto"
-    int8_variants: tuple[str, ...] = ("dynamic", "qdq", "qoperator", "qdq_all", "qoperator_all")
+    int8_variants: tuple[str, ...] = ()  # () = dermae.deploy.quantize.DEFAULT_VARIANTS
     max_balanced_acc_drop: float = 0.005
     threshold_specificity: float = 0.9  # used only when the checkpoint holds no threshold
     timing_threads: int = 1  # 1: compare variants by CPU time, robust to a busy machine

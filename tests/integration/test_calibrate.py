@@ -24,8 +24,8 @@ from dermae.deploy.calibrate import (
 from dermae.deploy.export import export_onnx
 from dermae.deploy.predictor import Predictor
 from dermae.deploy.spec import apply_temperature
-from dermae.evaluate.metrics import choose_threshold, operating_point
 from dermae.evaluate.summary import external_section
+from dermae.metrics import choose_threshold, operating_point
 from tests.helpers.tiny_data import torch_threads
 
 SIZE = 16

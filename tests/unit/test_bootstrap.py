@@ -11,7 +11,7 @@ from dermae.evaluate.bootstrap import (
     bootstrap_distribution,
     paired_bootstrap,
 )
-from dermae.evaluate.metrics import scalar_metric_fn, scalar_metrics
+from dermae.metrics import scalar_metric_fn, scalar_metrics
 
 MAL = [0, 1, 4]
 
@@ -122,7 +122,7 @@ def test_undefined_metric_gives_none_interval() -> None:
 
 
 def test_resamples_missing_a_class_leave_balanced_accuracy_undefined():
-    from dermae.evaluate.metrics import scalar_metric_fn
+    from dermae.metrics import scalar_metric_fn
 
     y = np.array([0, 0, 1, 2])
     probs = np.tile([1.0, 0.0, 0.0], (4, 1))  # constant classifier: balanced accuracy 1/3

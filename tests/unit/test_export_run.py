@@ -11,7 +11,8 @@ from dermae.classify.model import build_classifier, classifier_config, save_clas
 from dermae.config import load_config
 from dermae.data.classes import HAM10000_CLASSES
 from dermae.data.prepared import MANIFEST_COLUMNS
-from dermae.deploy.export import export_run, export_stage
+from dermae.deploy.export import export_run
+from dermae.deploy.stages import export_stage
 
 SIZE = 32
 COUNTS = {"train": 30, "val": 20, "test": 12}

@@ -17,7 +17,7 @@ from sklearn.metrics import (
 )
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from dermae.evaluate.metrics import (
+from dermae.metrics import (
     average_ranks,
     check_inputs,
     classification_metrics,

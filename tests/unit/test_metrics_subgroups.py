@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dermae.evaluate.metrics import age_band, subgroup_metrics
+from dermae.metrics import age_band, subgroup_metrics
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dermae.evaluate.metrics import (
+from dermae.metrics import (
     choose_threshold,
     choose_thresholds,
     operating_point,

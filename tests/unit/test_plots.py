@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from dermae.evaluate import plots
-from dermae.evaluate.metrics import classification_metrics
+from dermae.metrics import classification_metrics
 
 NAMES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 MAL = [0, 1, 4]

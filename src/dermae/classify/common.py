@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from dermae.data.prepared import PreparedData
-from dermae.evaluate.metrics import malignant_risk
+from dermae.metrics import malignant_risk
 
 
 @dataclass(frozen=True)

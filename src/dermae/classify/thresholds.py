@@ -7,7 +7,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from dermae.classify.common import TargetView, predict_probs
-from dermae.evaluate.metrics import choose_thresholds, malignant_risk
+from dermae.metrics import choose_thresholds, malignant_risk
 
 
 def attach_thresholds(

@@ -36,10 +36,11 @@ from dermae.config import DataConfig, ExternalSetConfig
 from dermae.deploy.card import CARD_JSON, write_card
 from dermae.deploy.images import as_model_input
 from dermae.deploy.predictor import Predictor
-from dermae.deploy.spec import apply_temperature, load_spec, malignant_risk, write_spec
+from dermae.deploy.spec import apply_temperature, load_spec, write_spec
 from dermae.evaluate.bootstrap import bootstrap_ci
 from dermae.evaluate.external import SetLabels, load_external_set, set_labels
-from dermae.evaluate.metrics import choose_threshold, operating_point
+from dermae.metrics import choose_threshold, operating_point
+from dermae.risk import malignant_risk
 
 CALIBRATION_FILE = "site_calibration.json"
 DEFAULT_SIZES = (50, 100, 200)

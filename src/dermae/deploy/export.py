@@ -34,13 +34,13 @@ from dermae.deploy.runtime import make_session, run_probs
 from dermae.deploy.spec import (
     INPUT_NAME,
     OUTPUT_NAME,
-    malignant_risk,
     spec_from_config,
     threshold_from_config,
     write_spec,
 )
 from dermae.engine.checkpoint import atomic_dir, commit_dir
-from dermae.evaluate.metrics import choose_threshold, threshold_key
+from dermae.metrics import choose_threshold, threshold_key
+from dermae.risk import malignant_risk
 
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "export_report.json"
@@ -292,7 +292,7 @@ def export_run(
         test_labels=test_y,
         metrics=metrics,
         int8_variant=ecfg.int8_variant,
-        int8_variants=tuple(ecfg.int8_variants),
+        int8_variants=tuple(ecfg.int8_variants) or DEFAULT_VARIANTS,
         threshold_specificity=ecfg.threshold_specificity,
         max_calibration_images=ecfg.calibration_images,
         parity_count=ecfg.parity_images,
@@ -301,53 +301,12 @@ def export_run(
     )
 
 
-STUDENT_DIR = "student/model"
-
-
-def _metrics_for(run_dir: Path, model_dir: Path) -> Path | None:
-    """The evaluate stage's metrics.json for this model, if it was evaluated."""
-    name = model_dir.parent.name
-    for candidate in (
-        run_dir / "evaluate" / name / "metrics.json",  # dermae run (evaluate stage)
-        run_dir / "evaluate" / f"{name}-test" / "metrics.json",  # dermae evaluate
-    ):
-        if candidate.exists():
-            return candidate
-    return None
-
-
-def export_command(
-    cfg: Any, model_dir: str | Path | None = None, out_dir: str | Path | None = None
-) -> Path:
-    """`dermae export`: the run's student by default, with its test metrics in the card."""
-    run_dir = Path(cfg.run_dir)
-    model_dir = Path(model_dir or run_dir / STUDENT_DIR)
-    out = export_run(cfg, model_dir, out_dir, metrics=_metrics_for(run_dir, model_dir))
-    report = json.loads((out / REPORT_FILE).read_text())
-    print(f"exported {model_dir} -> {out}")
-    print(f"  ONNX vs PyTorch max |diff| of probabilities: {report['parity']['max_abs_diff']:.2e}")
-    quant = out / "quantization_report.json"
-    if quant.exists():
-        q = json.loads(quant.read_text())
-        print(f"  int8 variant: {q.get('chosen')}, recommended model: {q.get('recommended')}")
-    return out
-
-
-def export_stage(cfg: Any, run_dir: str | Path, resume: bool = True) -> Path:
-    """Pipeline stage: export the run's student (the pipeline skips it when done)."""
-    run_dir = Path(run_dir)
-    model_dir = run_dir / STUDENT_DIR
-    return export_run(cfg, model_dir, metrics=_metrics_for(run_dir, model_dir), run_dir=run_dir)
-
-
 __all__ = [
     "MODEL_FILE",
     "REPORT_FILE",
     "ProbabilityModel",
-    "export_command",
     "export_onnx",
     "export_run",
-    "export_stage",
     "torch_probs",
     "write_onnx",
 ]

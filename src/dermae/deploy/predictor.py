@@ -32,7 +32,8 @@ from dermae.deploy.images import (
     load_image,
     preprocess_image,
 )
-from dermae.deploy.spec import apply_temperature, load_spec, malignant_risk
+from dermae.deploy.spec import apply_temperature, load_spec
+from dermae.risk import malignant_risk
 
 CSV_PATH_COLUMNS = ("path", "file", "filepath", "image_path", "image")
 FORMATS = ("table", "json", "csv")

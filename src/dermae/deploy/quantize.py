@@ -53,7 +53,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from dermae.deploy.runtime import make_session, run_probs
 from dermae.deploy.spec import INPUT_NAME
-from dermae.evaluate.metrics import scalar_metrics
+from dermae.metrics import scalar_metrics
 
 REPORT_FILE = "quantization_report.json"
 INT8_FILE = "model.int8.onnx"

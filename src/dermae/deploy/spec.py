@@ -129,8 +129,3 @@ def apply_temperature(probs: np.ndarray, temperature: float | None) -> np.ndarra
     logits -= logits.max(axis=1, keepdims=True)
     scaled = np.exp(logits)
     return (scaled / scaled.sum(axis=1, keepdims=True)).astype(np.asarray(probs).dtype)
-
-
-def malignant_risk(probs: np.ndarray, malignant_index: list[int]) -> np.ndarray:
-    """probs [N, C] -> [N] summed probability of the malignant classes."""
-    return np.asarray(probs)[:, list(malignant_index)].sum(axis=1)

@@ -34,9 +34,9 @@ from dermae.distill.train import ENSEMBLE_DIR, STATS_FILE, distill
 from dermae.engine.checkpoint import load_config_json
 from dermae.evaluate.bootstrap import paired_bootstrap
 from dermae.evaluate.external import evaluate_external, paired_on_external
-from dermae.evaluate.metrics import scalar_metric_fn
 from dermae.evaluate.report import metrics_table
 from dermae.evaluate.run import evaluate_model
+from dermae.metrics import scalar_metric_fn
 from dermae.pretrain.train import ENCODER_DIR, pretrain
 
 HEADLINE = {

@@ -5,7 +5,7 @@ independent cases than there are and give intervals that are too narrow. So each
 draws as many *groups* as there are, with replacement, and takes all images of each drawn group.
 
 `metric_fn(y_true, probs) -> dict[str, float | None]` computes the scalars on one resample;
-`dermae.evaluate.metrics.scalar_metric_fn(...)` builds the standard one (numpy only, about
+`dermae.metrics.scalar_metric_fn(...)` builds the standard one (numpy only, about
 2 ms on 2,000 images, so 1,000 resamples take 2-3 s). A metric that is undefined on a resample
 (None/NaN, e.g. an AUROC on a resample without malignant cases) is left out of that metric's
 percentiles; if fewer than `min_valid` of the resamples define it, its interval is (None, None).

@@ -35,7 +35,8 @@ from dermae.config import Config, DataConfig, EvalConfig, ExternalSetConfig
 from dermae.data.prepare import prepare_external
 from dermae.data.prepared import PreparedData
 from dermae.evaluate.bootstrap import bootstrap_ci, paired_bootstrap
-from dermae.evaluate.metrics import (
+from dermae.evaluate.report import format_ci
+from dermae.metrics import (
     binary_auroc,
     classification_metrics,
     flatten_metrics,
@@ -44,7 +45,6 @@ from dermae.evaluate.metrics import (
     scalar_metric_fn,
     scalar_metrics,
 )
-from dermae.evaluate.report import format_ci
 
 EXTERNAL_FILE = "external.json"
 INTERNAL = "internal"  # the key of the run's own test split in the summary

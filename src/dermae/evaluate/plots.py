@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, roc_curve
 
-from dermae.evaluate.metrics import (
+from dermae.metrics import (
     malignant_labels,
     malignant_risk,
     operating_point,

@@ -18,13 +18,13 @@ from dermae.classify.model import load_classifier
 from dermae.config import Config, EvalConfig
 from dermae.data.prepared import PreparedData, load_prepared
 from dermae.evaluate.bootstrap import bootstrap_ci
-from dermae.evaluate.metrics import (
+from dermae.evaluate.plots import plot_confusion_matrix, plot_reliability, plot_roc
+from dermae.metrics import (
     classification_metrics,
     flatten_metrics,
     scalar_metric_fn,
     subgroup_metrics,
 )
-from dermae.evaluate.plots import plot_confusion_matrix, plot_reliability, plot_roc
 
 # The models the pipeline evaluates on the test split, by run-dir folder.
 RUN_MODELS = {

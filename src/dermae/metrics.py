@@ -29,6 +29,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from dermae.risk import malignant_risk
+
 PROB_SUM_ATOL = 1e-3  # float32 softmax rows sum to 1 within ~1e-6; this only catches logits etc.
 AGE_BANDS: tuple[str, ...] = ("<30", "30-44", "45-59", "60-74", "75+", "unknown")
 UNKNOWN = "unknown"
@@ -86,14 +88,6 @@ def check_inputs(
             "pass softmax probabilities (apply softmax to logits first)"
         )
     return y, p
-
-
-def malignant_risk(probs: np.ndarray, malignant_index: Sequence[int]) -> np.ndarray:
-    """Malignant risk per sample: the summed probability of the malignant classes, float [N]."""
-    idx = list(malignant_index)
-    if not idx:
-        raise ValueError("malignant_index is empty: name at least one malignant class")
-    return np.asarray(probs, dtype=np.float64)[:, idx].sum(axis=1)
 
 
 def malignant_labels(y_true: np.ndarray, malignant_index: Sequence[int]) -> np.ndarray:
