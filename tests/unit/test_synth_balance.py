@@ -153,3 +153,17 @@ def test_precision_recall_subsampling_keeps_the_answer():
     got = precision_recall(real, fake, max_points=100, seed=1)
     assert 0.35 < got["precision"] < 0.65  # about half of a random 100 lie on the manifold
     assert got["recall"] > 0.8  # the fakes include half the reals
+
+
+def test_image_grid_pads_rows_and_fills_short_ones_white():
+    import numpy as np
+
+    from dermae.synth.common import image_grid
+
+    full = np.zeros((3, 4, 5, 3), np.uint8)
+    short = np.full((2, 4, 5, 3), 7, np.uint8)
+    grid = image_grid([full, short], pad=2)
+    assert grid.shape == (2 * (4 + 2) + 2, 3 * (5 + 2) + 2, 3)
+    assert (grid[2:6, 2:7] == 0).all() and (grid[8:12, 9:14] == 7).all()
+    assert (grid[8:12, 16:21] == 255).all()  # the missing third cell of the short row
+    assert (grid[:2] == 255).all()  # padding

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
+from torchvision.utils import make_grid
 
 from dermae.data.prepared import PreparedData
 
@@ -111,12 +112,13 @@ def save_png(array: np.ndarray, path: Path) -> None:
 
 
 def image_grid(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
-    """Stack rows of uint8 images ([n_i, H, W, 3] each) into one padded white grid."""
+    """Stack rows of uint8 images ([n_i, H, W, 3] each) into one padded white grid.
+
+    torchvision's make_grid lays it out; short rows are filled with white cells first.
+    """
     cols = max(len(r) for r in rows)
     h, w = rows[0].shape[1:3]
-    grid = np.full((len(rows) * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
-    for i, row in enumerate(rows):
-        for j, img in enumerate(row):
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
-            grid[y : y + h, x : x + w] = img
-    return grid
+    cells = [np.concatenate([r, np.full((cols - len(r), h, w, 3), 255, np.uint8)]) for r in rows]
+    batch = torch.from_numpy(np.concatenate(cells)).permute(0, 3, 1, 2)
+    grid = make_grid(batch, nrow=cols, padding=pad, pad_value=255)
+    return grid.permute(1, 2, 0).numpy()
