@@ -31,6 +31,7 @@ from accelerate import PartialState
 from dermae.config import Config, save_config, to_dict
 from dermae.engine.checkpoint import CheckpointError, check_safetensors, collective_saves
 from dermae.engine.fingerprint import first_difference
+from dermae.layout import RunLayout
 
 
 @dataclass(frozen=True)
@@ -257,7 +258,7 @@ def run_stage(cfg: Config, name: str, resume: bool = True, force: bool = False) 
     """
     stage = _stage(name)
     run_dir = Path(cfg.run_dir)
-    marks = run_dir / "stages"
+    marks = RunLayout(run_dir).stages
     marks.mkdir(parents=True, exist_ok=True)
     upstream = _made_upstream(cfg, marks)
     payload = _payload(to_dict(cfg), stage, upstream)
@@ -327,7 +328,7 @@ def run_pipeline(
         if name is not None and name not in STAGE_NAMES:
             raise ValueError(f"unknown stage '{name}'; stages: {', '.join(STAGE_NAMES)}")
     run_dir = Path(cfg.run_dir)
-    (run_dir / "stages").mkdir(parents=True, exist_ok=True)
+    RunLayout(run_dir).stages.mkdir(parents=True, exist_ok=True)
     if int(os.environ.get("RANK", "0")) == 0:
         save_config(cfg, run_dir / "config.yaml")
     forced = _downstream({from_stage}) if from_stage else set()

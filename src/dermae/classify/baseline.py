@@ -15,6 +15,7 @@ from dermae.classify.model import (
 from dermae.classify.trainer import Recipe, TrainSetup, train_classifier
 from dermae.config import BaselineConfig, Config, to_dict
 from dermae.engine.checkpoint import load_config_json
+from dermae.layout import RunLayout
 
 __all__ = [
     "LOSSES",
@@ -111,7 +112,7 @@ def chosen_loss(run_dir: str | Path, loss: str) -> str:
     student can share the baseline's imbalance handling, even when `auto` picked it)."""
     if loss != "baseline":
         return loss
-    folder = Path(run_dir) / "baseline" / "model"
+    folder = RunLayout(run_dir).baseline_model
     used = load_config_json(folder).get("loss")
     if used not in LOSSES:
         raise ValueError(

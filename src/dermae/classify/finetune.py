@@ -35,10 +35,11 @@ from dermae.classify.trainer import Recipe, TrainSetup, train_classifier
 from dermae.config import Config, FinetuneConfig, to_dict
 from dermae.data.prepared import PreparedData
 from dermae.engine.checkpoint import MODEL_FILE, load_config_json, seed_everything
+from dermae.layout import TEACHER
 from dermae.pretrain.mae import resolve_vit
 from dermae.pretrain.train import encoder_dir
 
-TEACHER_DIR = "teacher"
+TEACHER_DIR = TEACHER
 POOLS = ("avg", "token")
 # Keys of a timm ViT that a fine-tuned classifier adds on top of the pre-trained encoder.
 NEW_KEY_PREFIXES = ("head.", "fc_norm.")

@@ -39,6 +39,7 @@ from dermae.deploy.spec import (
     write_spec,
 )
 from dermae.engine.checkpoint import atomic_dir, commit_dir
+from dermae.layout import RunLayout
 from dermae.metrics import choose_threshold, threshold_key
 from dermae.risk import malignant_risk
 
@@ -282,7 +283,7 @@ def export_run(
     test_x, test_y = split("test")
     return export_onnx(
         checkpoint_dir,
-        out_dir or run_dir / "export",
+        out_dir or RunLayout(run_dir).export,
         opset=ecfg.opset,
         calibration_images=calib,
         int8=ecfg.int8,

@@ -7,17 +7,17 @@ from pathlib import Path
 
 from dermae.config import Config
 from dermae.deploy.export import REPORT_FILE, export_run
-
-STUDENT_DIR = "student/model"
+from dermae.layout import RunLayout
 
 
 def _metrics_for(run_dir: Path, model_dir: Path) -> Path | None:
     """The test metrics of this model, for the model card: the evaluate stage's, else
     those of `dermae evaluate`."""
     name = model_dir.parent.name
+    evaluated = RunLayout(run_dir).evaluate
     for candidate in (
-        run_dir / "evaluate" / name / "metrics.json",
-        run_dir / "evaluate" / f"{name}-test" / "metrics.json",
+        evaluated / name / "metrics.json",
+        evaluated / f"{name}-test" / "metrics.json",
     ):
         if candidate.exists():
             return candidate
@@ -26,17 +26,17 @@ def _metrics_for(run_dir: Path, model_dir: Path) -> Path | None:
 
 def export_stage(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
     """Export the run's student to `<run_dir>/export`."""
-    run_dir = Path(run_dir)
-    model_dir = run_dir / STUDENT_DIR
-    return export_run(cfg, model_dir, run_dir / "export", _metrics_for(run_dir, model_dir))
+    layout = RunLayout(run_dir)
+    model_dir = layout.student_model
+    return export_run(cfg, model_dir, layout.export, _metrics_for(layout.root, model_dir))
 
 
 def export_command(cfg: Config, model_dir: Path | None = None, out_dir: Path | None = None) -> Path:
     """`dermae export`: the run's student by default, or any classifier folder."""
     run_dir = Path(cfg.run_dir)
-    model_dir = Path(model_dir or run_dir / STUDENT_DIR)
+    model_dir = Path(model_dir or RunLayout(run_dir).student_model)
     out = export_run(
-        cfg, model_dir, out_dir or run_dir / "export", _metrics_for(run_dir, model_dir)
+        cfg, model_dir, out_dir or RunLayout(run_dir).export, _metrics_for(run_dir, model_dir)
     )
     report = json.loads((out / REPORT_FILE).read_text())
     print(f"exported {model_dir} -> {out}")

@@ -37,9 +37,10 @@ from dermae.config import Config, DistillConfig, to_dict
 from dermae.data.prepared import load_prepared
 from dermae.distill.task import DistillTask, teacher_logits_for
 from dermae.engine.checkpoint import CONFIG_FILE, MODEL_FILE, save_model
+from dermae.layout import ENSEMBLE, TEACHER, RunLayout
 
-TEACHER_DIR = "teacher"  # `dermae finetune` writes the teacher classifier to teacher/model
-ENSEMBLE_DIR = "teacher_ensemble"  # the pipeline's ensemble teacher, when distill.teachers has 2+
+TEACHER_DIR = TEACHER  # `dermae finetune` writes the teacher classifier to teacher/model
+ENSEMBLE_DIR = ENSEMBLE  # the pipeline's ensemble teacher, when distill.teachers has 2+
 STATS_FILE = "model_stats.json"
 
 
@@ -164,7 +165,7 @@ def distill(
     run_dir = Path(run_dir)
     if teachers is None:
         teachers = [teacher_dir] if teacher_dir is not None else list(dcfg.teachers)
-    ensemble_dir = run_dir / ENSEMBLE_DIR / "model"
+    ensemble_dir = RunLayout(run_dir).ensemble_model
     if stage != "student":
         ensemble_dir = run_dir / f"{stage}_teacher" / "model"
     teacher, teacher_config, teacher_path = load_teacher(cfg, run_dir, teachers, ensemble_dir)

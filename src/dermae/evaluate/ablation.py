@@ -30,12 +30,13 @@ from dermae.classify.baseline import chosen_loss, train_baseline
 from dermae.classify.finetune import finetune
 from dermae.config import BaselineConfig, Config
 from dermae.data.prepared import load_prepared
-from dermae.distill.train import ENSEMBLE_DIR, STATS_FILE, distill
+from dermae.distill.train import STATS_FILE, distill
 from dermae.engine.checkpoint import load_config_json
 from dermae.evaluate.bootstrap import paired_bootstrap
 from dermae.evaluate.external import evaluate_external, paired_on_external
 from dermae.evaluate.report import metrics_table
 from dermae.evaluate.run import evaluate_model
+from dermae.layout import ENSEMBLE, STUDENT, TEACHER, RunLayout
 from dermae.metrics import scalar_metric_fn
 from dermae.pretrain.train import ENCODER_DIR, pretrain
 
@@ -65,8 +66,8 @@ VARIANTS = {
     "f": ("f_no_synth_pretrain", "(f) KD, teacher pre-trained without synthetics"),
 }
 TEACHERS = {
-    "teacher": ("teacher/model", "MAE ViT teacher"),
-    "teacher_ensemble": (f"{ENSEMBLE_DIR}/model", "DerMAE teacher (ensemble)"),
+    TEACHER: (TEACHER, "MAE ViT teacher"),
+    ENSEMBLE: (ENSEMBLE, "DerMAE teacher (ensemble)"),
 }
 LABELS = {key: label for key, label in VARIANTS.values()} | {
     name: label for name, (_, label) in TEACHERS.items()
@@ -93,8 +94,8 @@ def _simple_fix(cfg: Config, run_dir: Path, resume: bool) -> tuple[Path, dict[st
     """(b): the student recipe with the baseline's loss; the pipeline's baseline when that is
     the same recipe (`baseline.loss: auto` included), else trained here the same way."""
     recipe = student_recipe(cfg, cfg.baseline.loss)
-    if recipe == cfg.baseline and _has_model(run_dir / "baseline/model"):
-        folder = run_dir / "baseline/model"  # same recipe: reuse, don't retrain
+    if recipe == cfg.baseline and _has_model(RunLayout(run_dir).baseline_model):
+        folder = RunLayout(run_dir).baseline_model  # same recipe: reuse, don't retrain
     else:
         folder = train_baseline(cfg, run_dir, "ablate/b_simple_fix", recipe, resume=resume)
     config = load_config_json(folder)
@@ -141,8 +142,8 @@ def _variant_models(
             )
         else:
             notes["c_real_synth"] = "skipped: no synthetic images (or distill.synthetic_ratio=0)"
-    if "d" in variants and _has_model(run_dir / "student/model"):
-        models["d_dermae"] = run_dir / "student/model"
+    if "d" in variants and _has_model(RunLayout(run_dir).student_model):
+        models["d_dermae"] = RunLayout(run_dir).student_model
     if "e" in variants:
         scratch = dataclasses.replace(
             cfg, finetune=dataclasses.replace(cfg.finetune, init="scratch")
@@ -172,9 +173,9 @@ def _variant_models(
             )
         else:
             notes["f_no_synth_pretrain"] = "skipped: the MAE teacher saw no synthetic images"
-    for name, (folder, _) in TEACHERS.items():
-        if _has_model(run_dir / folder):
-            models[name] = run_dir / folder
+    for name, (stage, _) in TEACHERS.items():
+        if _has_model(RunLayout(run_dir).model(stage)):
+            models[name] = RunLayout(run_dir).model(stage)
     notes["like_for_like"] = _recipe_differences(cfg, run_dir, simple_loss)
     notes["sizes"] = _teacher_and_student_sizes(run_dir)
     return models, notes
@@ -182,7 +183,7 @@ def _variant_models(
 
 def _teacher_and_student_sizes(run_dir: Path) -> dict[str, Any] | None:
     """Parameters and FLOPs per image of the student and the teacher it learned from."""
-    path = run_dir / "student" / STATS_FILE
+    path = RunLayout(run_dir).root / STUDENT / STATS_FILE
     if not path.exists():
         return None
     stats = json.loads(path.read_text())
@@ -285,7 +286,7 @@ def verdict(comparisons: dict[str, dict[str, Any]], metric: str = "balanced_accu
 
 def ablate(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
     run_dir = Path(run_dir)
-    out = run_dir / "ablate"
+    out = RunLayout(run_dir).ablate
     prepared = load_prepared(run_dir, with_synthetic=False)
     models, notes = _variant_models(cfg, run_dir, resume)
     results: dict[str, dict[str, Any]] = {}

@@ -36,6 +36,7 @@ from dermae.data.prepare import prepare_external
 from dermae.data.prepared import PreparedData
 from dermae.evaluate.bootstrap import bootstrap_ci, paired_bootstrap
 from dermae.evaluate.report import format_ci
+from dermae.layout import RunLayout
 from dermae.metrics import (
     binary_auroc,
     classification_metrics,
@@ -306,9 +307,9 @@ def evaluate_external(
     if len(set(names)) != len(names):
         raise ValueError(f"evaluate.external names must be unique; got {names}")
     run_dir = Path(run_dir)
-    out = Path(out_dir or run_dir / "evaluate" / "external")
+    out = Path(out_dir or RunLayout(run_dir).evaluate / "external")
     out.mkdir(parents=True, exist_ok=True)
-    internal = dict(internal or {n: run_dir / "evaluate" / n for n in models})
+    internal = dict(internal or {n: RunLayout(run_dir).evaluate / n for n in models})
     summary: dict[str, Any] = {"sets": {}, "results": {}}
     loaded: dict[tuple[str, int], PreparedData] = {}
     for model_name, model_dir in models.items():

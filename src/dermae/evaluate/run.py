@@ -19,6 +19,7 @@ from dermae.config import Config, EvalConfig
 from dermae.data.prepared import PreparedData, load_prepared
 from dermae.evaluate.bootstrap import bootstrap_ci
 from dermae.evaluate.plots import plot_confusion_matrix, plot_reliability, plot_roc
+from dermae.layout import BASELINE, ENSEMBLE, STUDENT, TEACHER, RunLayout
 from dermae.metrics import (
     classification_metrics,
     flatten_metrics,
@@ -26,13 +27,8 @@ from dermae.metrics import (
     subgroup_metrics,
 )
 
-# The models the pipeline evaluates on the test split, by run-dir folder.
-RUN_MODELS = {
-    "baseline": "baseline/model",
-    "teacher": "teacher/model",
-    "teacher_ensemble": "teacher_ensemble/model",  # when distill.teachers names several
-    "student": "student/model",
-}
+# The models the pipeline evaluates on the test split (stage folders of the run dir).
+RUN_MODELS = (BASELINE, TEACHER, ENSEMBLE, STUDENT)
 
 
 def model_targets(rows: pd.DataFrame, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -133,7 +129,7 @@ def _evaluate_data(cfg: Config, model_dir: Path, data: Path, out_dir: Path | Non
     spec = ExternalSetConfig(name=data.resolve().name, path=str(data))
     model, config = load_classifier(model_dir)
     prepared = load_external_set(spec, cfg.data, int(config["image_size"]), run_dir / "external")
-    out = Path(out_dir or run_dir / "evaluate" / f"{model_dir.parent.name}-{spec.name}")
+    out = Path(out_dir or RunLayout(run_dir).evaluate / f"{model_dir.parent.name}-{spec.name}")
     result = score_model_on_set(model, config, model_dir, spec, prepared, cfg, out)
     print(headline({**result, "split": spec.name, "n_lesions": result["n_groups"]}))
     print(
@@ -170,15 +166,16 @@ def evaluate_stage(cfg: Config, run_dir: str | Path, resume: bool = True) -> Pat
     """Pipeline stage: every model the run trained, on the configured split (test)."""
     run_dir = Path(run_dir)
     prepared = load_prepared(run_dir, with_synthetic=False)
-    out = run_dir / "evaluate"
+    layout = RunLayout(run_dir)
+    out = layout.evaluate
     evaluated = {}
-    for name, folder in RUN_MODELS.items():
-        if (run_dir / folder / "model.safetensors").exists():
+    for name in RUN_MODELS:
+        if (layout.model(name) / "model.safetensors").exists():
             result = evaluate_model(
-                run_dir / folder, prepared, cfg.evaluate.split, out / name, cfg.evaluate, cfg.seed
+                layout.model(name), prepared, cfg.evaluate.split, out / name, cfg.evaluate, cfg.seed
             )
             print(f"[{name}] {headline(result)}")
-            evaluated[name] = run_dir / folder
+            evaluated[name] = layout.model(name)
     # evaluate.external: the same models on other sites' sets, next to the internal split.
     from dermae.evaluate.external import evaluate_external
 
@@ -195,12 +192,12 @@ def evaluate_command(
 ) -> Path:
     """`dermae evaluate`: the run's student by default; `--data` scores an external set."""
     run_dir = Path(cfg.run_dir)
-    model_dir = Path(model_dir or run_dir / RUN_MODELS["student"])
+    model_dir = Path(model_dir or RunLayout(run_dir).student_model)
     if data is not None:
         return _evaluate_data(cfg, model_dir, Path(data), out_dir)
     prepared = load_prepared(run_dir, with_synthetic=False)
     split = split or cfg.evaluate.split
-    out = Path(out_dir or run_dir / "evaluate" / f"{model_dir.parent.name}-{split}")
+    out = Path(out_dir or RunLayout(run_dir).evaluate / f"{model_dir.parent.name}-{split}")
     result = evaluate_model(model_dir, prepared, split, out, cfg.evaluate, cfg.seed)
     print(headline(result))
     return out / "metrics.json"

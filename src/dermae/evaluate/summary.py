@@ -16,6 +16,7 @@ from dermae.config import Config
 from dermae.evaluate.ablation import size_line
 from dermae.evaluate.plots import plot_class_counts, plot_loss_curves
 from dermae.evaluate.report import Section, format_ci, metrics_table, render_report
+from dermae.layout import RunLayout
 
 MODEL_LABELS = {
     "student": "DerMAE student",
@@ -86,7 +87,7 @@ def data_section(run_dir: Path, figures: Path) -> Section:
 
 
 def synth_section(run_dir: Path) -> Section | None:
-    synth_dir = run_dir / "synth"
+    synth_dir = RunLayout(run_dir).synth
     if not synth_dir.exists():
         return None
     quality = _json(synth_dir / "synth_quality.json")
@@ -122,7 +123,7 @@ def synth_section(run_dir: Path) -> Section | None:
 
 
 def pretrain_section(run_dir: Path) -> Section | None:
-    folder = run_dir / "pretrain"
+    folder = RunLayout(run_dir).pretrain
     if not folder.exists():
         return None
     return Section(
@@ -174,7 +175,7 @@ def curves_section(run_dir: Path, figures: Path) -> Section:
 def metrics_section(run_dir: Path) -> list[Section]:
     results = {}
     for name in ("student", "teacher", "baseline"):
-        found = _json(run_dir / "evaluate" / name / "metrics.json")
+        found = _json(RunLayout(run_dir).evaluate / name / "metrics.json")
         if found:
             results[name] = found
     if not results:
@@ -260,7 +261,7 @@ def _teacher_statement(summary: dict[str, Any]) -> list[str]:
 
 def ablation_section(run_dir: Path) -> Section | None:
     """The verdict: every variant and teacher against the simple fix (b), paired."""
-    summary = _json(run_dir / "ablate" / "ablation.json")
+    summary = _json(RunLayout(run_dir).ablate / "ablation.json")
     if not summary:
         return None
     paragraphs = [
@@ -292,7 +293,7 @@ def deploy_section(run_dir: Path) -> Section | None:
                     **{k: v for k, v in stats.items() if not isinstance(v, dict | list)},
                 }
             )
-    export = run_dir / "export"
+    export = RunLayout(run_dir).export
     paragraphs = []
     for report_name in ("export_report.json", "quantization_report.json"):
         found = _json(export / report_name)
@@ -367,7 +368,7 @@ def external_section(run_dir: Path) -> Section | None:
 
 
 def timings_section(run_dir: Path) -> Section | None:
-    log = run_dir / "stages" / "timings.jsonl"
+    log = RunLayout(run_dir).stages / "timings.jsonl"
     if not log.exists():
         return None
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]

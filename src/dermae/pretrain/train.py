@@ -22,9 +22,10 @@ from dermae.config import Config, to_dict
 from dermae.data.prepared import PreparedData, load_prepared
 from dermae.engine.checkpoint import save_model, seed_everything
 from dermae.engine.loop import fit
+from dermae.layout import PRETRAIN
 from dermae.pretrain.mae import MAETask, MaskedAutoencoder, build_mae
 
-PRETRAIN_DIR = "pretrain"
+PRETRAIN_DIR = PRETRAIN
 ENCODER_DIR = "encoder"
 GRID_FILE = "reconstructions.png"
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from dermae.config import Config
 from dermae.data.prepared import ACCEPTED_FILE, data_dir
+from dermae.layout import RunLayout
 from dermae.synth.quality import evaluate_synthetic
 from dermae.synth.sample import sample_balanced
 
@@ -22,4 +23,4 @@ def quality_stage(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path
     """FID/KID, class fidelity and near-copies, judged by the run's baseline classifier;
     with sample.filter=classifier, also which synthetic images later stages may use."""
     evaluate_synthetic(cfg, run_dir)
-    return Path(run_dir) / "synth" / "synth_quality.json"
+    return RunLayout(run_dir).synth / "synth_quality.json"
