@@ -243,18 +243,27 @@ def _paired_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def _teacher_statement(summary: dict[str, Any]) -> list[str]:
-    """Says plainly whether each teacher beats the student's own simple-fix baseline."""
+    """Says plainly whether each teacher beats the student's own simple-fix baseline (b)."""
     lines = []
     reference = summary.get("reference", "b_simple_fix")
-    for teacher in ("teacher", "teacher_ensemble"):
+    for teacher, label in (("teacher", "MAE ViT teacher"), ("teacher_ensemble", "DerMAE teacher")):
         entry = summary.get("paired_bootstrap", {}).get(f"{teacher} - {reference}", {})
-        diff = (entry.get("balanced_accuracy") or {}).get("diff")
-        if diff is None:
+        bma = entry.get("balanced_accuracy") or {}
+        if bma.get("diff") is None:
             continue
-        word = "stronger" if diff > 0 else "weaker"
+        lo, hi = bma.get("ci") or (None, None)
+        if lo is not None and lo > 0:
+            word = "stronger than (b)"
+        elif hi is not None and hi < 0:
+            word = "weaker than (b)"
+        else:
+            word = (
+                "stronger than (b), not significantly"
+                if bma["diff"] > 0
+                else ("weaker than (b), not significantly")
+            )
         lines.append(
-            f"The {teacher.replace('_', ' ')} is {word} than (b) on the test split "
-            f"(balanced accuracy {diff:+.3f})."
+            f"The {label} is {word} on the test split (balanced accuracy {bma['diff']:+.3f})."
         )
     return lines
 
