@@ -168,7 +168,11 @@ def reliability_bins(
 
 
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
-    """Top-label ECE: sum over bins of (bin share) * |accuracy - mean confidence|."""
+    """Top-label ECE: sum over bins of (bin share) * |accuracy - mean confidence|.
+
+    Own numpy version rather than torchmetrics': the bootstrap calls it thousands of times on
+    numpy arrays, and the reliability plot needs the same bins (`reliability_bins`).
+    """
     bins = reliability_bins(y_true, probs, n_bins)
     filled = bins["count"] > 0
     share = bins["count"][filled] / bins["count"].sum()
