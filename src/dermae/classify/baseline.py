@@ -20,7 +20,6 @@ from dermae.layout import RunLayout
 __all__ = [
     "LOSSES",
     "SIMPLE_FIXES",
-    "baseline_recipe",
     "chosen_loss",
     "loss_setup",
     "train_baseline",
@@ -28,15 +27,6 @@ __all__ = [
 # The two standard fixes for class imbalance; `loss: auto` trains both and keeps the one with
 # the better validation balanced accuracy (the test split never chooses).
 SIMPLE_FIXES = ("weighted_ce", "balanced_sampler")
-
-
-def baseline_recipe(stage_cfg: BaselineConfig, synthetic_ratio: float = 0.0) -> Recipe:
-    return Recipe(
-        loss=stage_cfg.loss,
-        augment=stage_cfg.augment,
-        train=stage_cfg.train,
-        synthetic_ratio=synthetic_ratio,
-    )
 
 
 def train_baseline(
@@ -54,7 +44,7 @@ def train_baseline(
     stage_cfg = stage_cfg or cfg.baseline
     if stage_cfg.loss == "auto":
         return _best_simple_fix(cfg, run_dir, stage, stage_cfg, synthetic_ratio, resume)
-    recipe = baseline_recipe(stage_cfg, synthetic_ratio)
+    recipe = Recipe.of(stage_cfg, synthetic_ratio=synthetic_ratio)
 
     def make_task(setup: TrainSetup) -> ClassificationTask:
         model = build_classifier(

@@ -198,16 +198,6 @@ def build_task(
     return task, info
 
 
-def finetune_recipe(fcfg: FinetuneConfig) -> Recipe:
-    return Recipe(
-        loss=fcfg.loss,
-        augment=fcfg.augment,
-        train=fcfg.train,
-        synthetic_ratio=fcfg.synthetic_ratio,
-        eval_batch_size=fcfg.eval_batch_size,
-    )
-
-
 def finetune(
     cfg: Config,
     run_dir: str | Path,
@@ -239,7 +229,7 @@ def finetune(
         cfg,
         run_dir,
         stage,
-        finetune_recipe(fcfg),
+        Recipe.of(fcfg),
         make_task,
         resume=resume,
         layer_decay=None if fcfg.linear_probe else fcfg.layer_decay,
@@ -258,7 +248,6 @@ __all__ = [
     "build_task",
     "check_transfer",
     "finetune",
-    "finetune_recipe",
     "freeze_for_linear_probe",
     "load_encoder",
     "teacher_config",

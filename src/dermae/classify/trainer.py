@@ -10,7 +10,7 @@ drift from the recipe it is compared with.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,12 @@ class Recipe:
     # conditioning labels do not count towards the class weights either.
     synthetic_hard_labels: bool = True
     eval_batch_size: int = 256
+
+    @classmethod
+    def of(cls, section: Any, **changes: Any) -> Recipe:
+        """The recipe fields a stage's config section holds (loss, augment, train, ...)."""
+        found = {f.name: getattr(section, f.name) for f in fields(cls) if hasattr(section, f.name)}
+        return cls(**{**found, **changes})
 
 
 @dataclass

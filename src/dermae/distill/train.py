@@ -33,7 +33,7 @@ from dermae.classify.model import (
 )
 from dermae.classify.thresholds import attach_thresholds
 from dermae.classify.trainer import Recipe, TrainSetup, train_classifier
-from dermae.config import Config, DistillConfig, to_dict
+from dermae.config import Config, to_dict
 from dermae.data.prepared import load_prepared
 from dermae.distill.task import DistillTask, teacher_logits_for
 from dermae.engine.checkpoint import CONFIG_FILE, MODEL_FILE, save_model
@@ -135,16 +135,6 @@ def load_teacher(
     return ensemble, {**ensemble.config, **extra}, ensemble_dir
 
 
-def distill_recipe(dcfg: DistillConfig) -> Recipe:
-    return Recipe(
-        loss=dcfg.loss,
-        augment=dcfg.augment,
-        train=dcfg.train,
-        synthetic_ratio=dcfg.synthetic_ratio,
-        synthetic_hard_labels=dcfg.synthetic_hard_labels,
-    )
-
-
 def distill(
     cfg: Config,
     run_dir: str | Path,
@@ -171,8 +161,7 @@ def distill(
     teacher, teacher_config, teacher_path = load_teacher(cfg, run_dir, teachers, ensemble_dir)
     if include_synthetic is None:
         include_synthetic = cfg.data.include_synthetic
-    recipe = distill_recipe(dcfg)
-    recipe = dataclasses.replace(recipe, loss=chosen_loss(run_dir, recipe.loss))
+    recipe = Recipe.of(dcfg, loss=chosen_loss(run_dir, dcfg.loss))
     if not include_synthetic:
         recipe = dataclasses.replace(recipe, synthetic_ratio=0.0)
     cache_seconds = 0.0

@@ -36,6 +36,7 @@ from dermae.data.prepare import prepare_external
 from dermae.data.prepared import PreparedData
 from dermae.evaluate.bootstrap import bootstrap_ci, paired_bootstrap
 from dermae.evaluate.report import format_ci
+from dermae.evaluate.run import json_default
 from dermae.layout import RunLayout
 from dermae.metrics import (
     binary_auroc,
@@ -279,7 +280,7 @@ def score_model_on_set(
         "thresholds_chosen_on": (config.get("threshold") or {}).get("chosen_on"),
         **scored,
     }
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=json_default))
     _write_predictions(rows, probs, class_names, out)
     return result
 
@@ -335,7 +336,7 @@ def evaluate_external(
             k: _brief(v) if isinstance(v, dict) else v for k, v in entry.items()
         }
     summary["table"] = side_by_side(summary)
-    (out / EXTERNAL_FILE).write_text(json.dumps(summary, indent=2, default=_json_default))
+    (out / EXTERNAL_FILE).write_text(json.dumps(summary, indent=2, default=json_default))
     return summary
 
 
@@ -378,14 +379,6 @@ def paired_on_external(
 def _brief(result: dict[str, Any]) -> dict[str, Any]:
     """What the summary keeps of a set's result (no per-class report)."""
     return {k: v for k, v in result.items() if k not in ("metrics", "operating_points")}
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 def _print_headline(model: str, set_name: str, result: dict[str, Any]) -> None:

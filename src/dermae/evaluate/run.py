@@ -110,7 +110,7 @@ def evaluate_model(
         "subgroups": subgroups,
         "plots": {k: str(v) for k, v in plots.items()},
     }
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=json_default))
     predictions = rows[["image_id", "group_id", "diagnosis", "malignant"]].copy()
     predictions["target"] = targets
     for i, name in enumerate(class_names):
@@ -141,7 +141,8 @@ def _evaluate_data(cfg: Config, model_dir: Path, data: Path, out_dir: Path | Non
     return out / "metrics.json"
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """json.dumps(default=...) for numpy scalars and arrays."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
