@@ -44,7 +44,6 @@ class DataConfig:
     limit: int = 0  # >0: keep a stratified subset of this many lesions (smoke runs)
     label: str = "diagnosis"  # diagnosis (7 classes) | malignant (2 classes)
     include_synthetic: bool = True  # later stages read synthetic rows when present
-    synthetic_ratio: float = 1.0  # fraction of available synthetic images used
     num_workers: int = 0
 
 

@@ -80,7 +80,7 @@ def test_prepare_is_idempotent_and_reuses_the_cache(toy, tmp_path: Path, monkeyp
     run = tmp_path / "run"
     assert not is_prepared(_cfg(root), run)
     prepare_dataset(_cfg(root), run, progress=False)
-    assert is_prepared(_cfg(root, synthetic_ratio=0.5), run)
+    assert is_prepared(_cfg(root, include_synthetic=False), run)
     assert not is_prepared(_cfg(root, image_size=20), run)
     files = {n: (run / "data" / n).read_bytes() for n in ["manifest.csv", "info.json"]}
     mtime = os.stat(run / "data" / "images.npy").st_mtime_ns

@@ -39,7 +39,6 @@ from dermae.layout import TEACHER
 from dermae.pretrain.mae import resolve_vit
 from dermae.pretrain.train import encoder_dir
 
-TEACHER_DIR = TEACHER
 POOLS = ("avg", "token")
 # Keys of a timm ViT that a fine-tuned classifier adds on top of the pre-trained encoder.
 NEW_KEY_PREFIXES = ("head.", "fc_norm.")
@@ -202,7 +201,7 @@ def finetune(
     cfg: Config,
     run_dir: str | Path,
     resume: bool = True,
-    stage: str = TEACHER_DIR,
+    stage: str = TEACHER,
     encoder: str | Path | None = None,
 ) -> Path:
     """Fine-tune (or linear-probe, or train from scratch) the ViT teacher.

@@ -29,7 +29,7 @@ PREPARE_VERSION = 1
 LABEL_MODES = ("diagnosis", "malignant")
 BINARY_CLASSES = ["benign", "malignant"]
 # Data-config fields that do not change what `prepare` writes (later stages read them).
-NOT_IN_KEY = ("include_synthetic", "synthetic_ratio", "num_workers")
+NOT_IN_KEY = ("include_synthetic", "num_workers")
 SKIPPED_COLUMNS = ["row", "file", "reason"]
 
 

@@ -37,17 +37,15 @@ from dermae.config import Config, to_dict
 from dermae.data.prepared import load_prepared
 from dermae.distill.task import DistillTask, teacher_logits_for
 from dermae.engine.checkpoint import CONFIG_FILE, MODEL_FILE, save_model
-from dermae.layout import ENSEMBLE, TEACHER, RunLayout
+from dermae.layout import TEACHER, RunLayout
 
-TEACHER_DIR = TEACHER  # `dermae finetune` writes the teacher classifier to teacher/model
-ENSEMBLE_DIR = ENSEMBLE  # the pipeline's ensemble teacher, when distill.teachers has 2+
 STATS_FILE = "model_stats.json"
 
 
 def resolve_teacher(run_dir: Path, teacher_dir: str | Path | None = None) -> Path:
     """The teacher's classifier folder: `teacher_dir` (a classifier folder, or a stage folder
     holding `model/`), else `<run_dir>/teacher/model`."""
-    start = Path(teacher_dir) if teacher_dir is not None else run_dir / TEACHER_DIR
+    start = Path(teacher_dir) if teacher_dir is not None else run_dir / TEACHER
     for candidate in (start, start / "model"):
         if (candidate / CONFIG_FILE).exists():
             return candidate

@@ -25,13 +25,12 @@ from dermae.engine.loop import fit
 from dermae.layout import PRETRAIN
 from dermae.pretrain.mae import MAETask, MaskedAutoencoder, build_mae
 
-PRETRAIN_DIR = PRETRAIN
 ENCODER_DIR = "encoder"
 GRID_FILE = "reconstructions.png"
 
 
 def encoder_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / PRETRAIN_DIR / ENCODER_DIR
+    return Path(run_dir) / PRETRAIN / ENCODER_DIR
 
 
 def mae_augment(image_size: int, min_crop_scale: float) -> v2.Transform:
@@ -82,9 +81,7 @@ def save_reconstruction_grid(
     return path
 
 
-def pretrain(
-    cfg: Config, run_dir: str | Path, resume: bool = True, stage: str = PRETRAIN_DIR
-) -> Path:
+def pretrain(cfg: Config, run_dir: str | Path, resume: bool = True, stage: str = PRETRAIN) -> Path:
     """MAE pre-training; returns the encoder checkpoint folder `<run_dir>/<stage>/encoder`.
 
     `stage` lets the ablation pre-train another encoder (e.g. without synthetic images).
