@@ -48,3 +48,16 @@ def test_tiny_baseline_learns_and_stores_val_thresholds(tmp_path):
     history = (tmp_path / "baseline" / "train" / "metrics.jsonl").read_text()
     assert "val_balanced_accuracy" in history
     assert model.config["arch"] == "resnet10t"
+
+
+def test_balanced_sampler_balances_hard_labelled_rows_and_keeps_soft_rows_at_their_share():
+    from dermae.classify.baseline import loss_setup as setup
+
+    # 3 real nv, 1 real df, 4 soft-label-only synthetic df images.
+    targets = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    counted = np.array([True] * 4 + [False] * 4)
+    _, sampler = setup("balanced_sampler", targets, 2, counted)
+    p = sampler / sampler.sum()
+    assert p[:4].sum() == pytest.approx(0.5)  # real rows keep their share of the draws ...
+    assert p[:3].sum() == pytest.approx(p[3])  # ... balanced by class among themselves
+    np.testing.assert_allclose(p[4:], 1 / 8)  # synthetic rows drawn uniformly

@@ -108,3 +108,19 @@ def test_subset_keeps_every_class_and_whole_lesions() -> None:
     assert len(subset_groups(rows, 7).drop_duplicates("group_id")) == 7  # one per class
     with pytest.raises(DataError, match="smaller than the number of classes"):
         subset_groups(rows, 5)
+
+
+def test_class_sampling_weights_interpolate_natural_to_balanced():
+    from dermae.config import TrainConfig
+    from dermae.data.classes import class_sampling_weights
+    from dermae.engine.loop import epoch_indices
+
+    targets = np.array([0, 0, 0, 0, 1])  # 4:1
+    assert class_sampling_weights(targets, 0.0) is None
+    assert class_sampling_weights(targets, 1.0) == pytest.approx([0.25] * 4 + [1.0])
+    assert class_sampling_weights(targets, 0.5) == pytest.approx([0.5] * 4 + [1.0])
+    # power 0.5 draws class 1 with probability 1 / (1 + 4 * 0.5) = 1/3 instead of 1/5.
+    targets = np.array([0] * 400 + [1] * 100)
+    weights = class_sampling_weights(targets, 0.5)
+    order = epoch_indices(len(targets), TrainConfig(seed=0), 0, weights)
+    assert np.mean(targets[order]) == pytest.approx(1 / 3, abs=0.05)

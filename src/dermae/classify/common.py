@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from dermae.data.classes import class_sampling_weights
 from dermae.data.prepared import PreparedData
 from dermae.metrics import malignant_risk
 
@@ -50,28 +51,49 @@ def class_weights(targets: np.ndarray, num_classes: int, power: float = 0.5) -> 
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def balanced_sampler_weights(targets: np.ndarray) -> np.ndarray:
-    """Per-sample weights that make every class equally likely to be drawn."""
-    counts = np.bincount(targets)
-    return 1.0 / counts[targets]
+def balanced_sampler_weights(targets: np.ndarray, counted: np.ndarray | None = None) -> np.ndarray:
+    """Per-sample draw weights that make every class equally likely among the `counted` rows.
+
+    Rows outside `counted` (soft-label-only synthetic images in distillation) are drawn
+    uniformly at their share of the rows. Balancing over them too would let a class's
+    synthetic images crowd out its real ones: with 1,101 synthetic and 80 real df images,
+    93 % of df draws would carry no hard label.
+    """
+    if counted is None or np.all(counted):
+        weights = class_sampling_weights(targets, 1.0)
+        assert weights is not None
+        return weights  # unnormalised, as before: the same seed draws the same order
+    counted = np.asarray(counted, bool)
+    weights = np.full(len(targets), 1.0 / len(targets))
+    balanced = class_sampling_weights(targets[counted], 1.0)
+    if balanced is not None and counted.any():
+        weights[counted] = balanced / balanced.sum() * counted.mean()
+    return weights
 
 
 LOSSES = ("ce", "weighted_ce", "balanced_sampler")
 
 
 def loss_setup(
-    loss: str, targets: np.ndarray, num_classes: int, counted: np.ndarray | None = None
+    loss: str,
+    targets: np.ndarray,
+    num_classes: int,
+    counted: np.ndarray | None = None,
+    balanced: np.ndarray | None = None,
 ) -> tuple[torch.Tensor | None, np.ndarray | None]:
     """(class weights or None, sampler weights or None) for a loss option.
 
-    `counted` masks the rows whose labels define the class frequencies (rows with a hard-label
-    loss); the sampler still draws from every row.
+    `counted` masks the rows whose labels define the class weights (rows with a hard-label
+    loss). `balanced` (default: `counted`) masks the rows the balanced sampler balances by
+    class; it still draws every other row, uniformly at its share.
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss '{loss}'; choose one of {LOSSES}")
     counted_targets = targets if counted is None else targets[counted]
     weights = class_weights(counted_targets, num_classes) if loss == "weighted_ce" else None
-    sampler = balanced_sampler_weights(targets) if loss == "balanced_sampler" else None
+    sampler = None
+    if loss == "balanced_sampler":
+        sampler = balanced_sampler_weights(targets, counted if balanced is None else balanced)
     return weights, sampler
 
 

@@ -114,7 +114,8 @@ def train_classifier(
     targets = dataset_targets(train_set, view.key)
     synthetic = (rows["source"] == "synthetic").to_numpy()
     hard = np.ones(len(rows), bool) if recipe.synthetic_hard_labels else ~synthetic
-    weights, sampler = loss_setup(recipe.loss, targets, len(view.class_names), hard)
+    # The sampler balances the real rows; synthetic ones come at their share of the rows.
+    weights, sampler = loss_setup(recipe.loss, targets, len(view.class_names), hard, ~synthetic)
 
     seed_everything(recipe.train.seed)
     task = make_task(TrainSetup(prepared, view, train_set, weights))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 HAM10000_CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 # akiec (actinic keratosis / Bowen's disease) counted malignant: the usual binary mapping.
 # "malignant" names the positive class of binary (benign/malignant) datasets and label mode.
@@ -20,3 +22,14 @@ CLASS_DESCRIPTIONS: dict[str, str] = {
 
 def malignant_mask(class_names: list[str] | tuple[str, ...]) -> list[bool]:
     return [name in MALIGNANT_CODES for name in class_names]
+
+
+def class_sampling_weights(targets: np.ndarray, power: float) -> np.ndarray | None:
+    """Per-row draw weights ~ count(class)^-power; None for power 0 (natural order).
+
+    power 1 makes every class equally likely, 0.5 is square-root balancing.
+    """
+    if power == 0:
+        return None
+    counts = np.bincount(targets)
+    return counts[targets].astype(np.float64) ** -power
