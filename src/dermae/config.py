@@ -98,6 +98,10 @@ class LDMConfig:
     layers_per_block: int = 1
     conditioning: str = "diagnosis"  # diagnosis | malignant
     label_dropout: float = 0.1
+    # Draw train rows with probability ~ count(class)^-power: 0 natural frequencies, 0.5
+    # square-root balancing, 1 every class equally often. Rare classes (vasc: ~100 images)
+    # otherwise get too few UNet updates to learn their look.
+    class_sampling_power: float = 0.0
     num_train_timesteps: int = 1000
     prediction_type: str = "v_prediction"  # v_prediction | epsilon (v: stable few-step sampling)
     beta_schedule: str = "scaled_linear"  # DDPMScheduler beta schedule
@@ -441,6 +445,7 @@ UNIT_FLOAT_KEYS = frozenset(
         "min_lr_ratio",
         "ema_decay",
         "label_dropout",
+        "class_sampling_power",
         "mask_ratio",
         "min_crop_scale",
         "layer_decay",

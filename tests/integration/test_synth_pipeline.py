@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -339,3 +340,24 @@ def test_evaluate_synthetic_flags_a_planted_copy(trained_run, tmp_path):
     assert overall["real_matched"] == 8  # df has 4 real: both classes scaled to 4
     assert np.isfinite(overall["fid"]) and np.isfinite(overall["kid"])
     assert 0.0 <= overall["precision"] <= 1.0 and 0.0 <= overall["recall"] <= 1.0
+
+
+def test_class_sampling_power_reaches_the_unet_loop(trained_run, monkeypatch):
+    class Captured(Exception):
+        pass
+
+    seen = {}
+
+    def fit_stub(task, dataset, *args, **kwargs):
+        seen["weights"], seen["cond"] = kwargs["sampler_weights"], dataset.cond.numpy()
+        raise Captured
+
+    monkeypatch.setattr("dermae.synth.ldm.fit", fit_stub)
+    base = tiny_config(trained_run)
+    cfg = dataclasses.replace(base, ldm=dataclasses.replace(base.ldm, class_sampling_power=1.0))
+    with pytest.raises(Captured):
+        train_ldm(cfg, trained_run)
+    weights, cond = seen["weights"], seen["cond"]
+    # Every class has the same total draw weight: rare df as likely as common nv.
+    totals = [weights[cond == c].sum() for c in np.unique(cond)]
+    assert totals == pytest.approx([totals[0]] * len(totals))

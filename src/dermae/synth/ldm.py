@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dermae.config import Config, LDMConfig, to_dict
+from dermae.data.classes import class_sampling_weights
 from dermae.data.prepared import load_prepared
 from dermae.engine.checkpoint import atomic_dir, commit_dir
 from dermae.engine.loop import fit
@@ -249,6 +250,7 @@ def train_ldm(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
         lcfg.train,
         synth_dir(run_dir) / "ldm_train",
         desc="ldm",
+        sampler_weights=class_sampling_weights(cond, lcfg.class_sampling_power),
         run_config={"ldm": to_dict(lcfg), "vae_id": vae_id},  # a new VAE: a new UNet
         data_hash=data.dataset(rows).fingerprint(),  # latents carry no row fingerprint
         resume=resume,
