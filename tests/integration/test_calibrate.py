@@ -14,6 +14,8 @@ from dermae.data.classes import HAM10000_CLASSES
 from dermae.data.toy import write_toy_dataset
 from dermae.deploy.calibrate import (
     CALIBRATION_FILE,
+    _holdout_path,
+    calibrate_command,
     calibrate_export,
     choose_threshold_for_sensitivity,
     exact_interval,
@@ -275,3 +277,20 @@ def test_temperature_recovers_a_known_overconfidence(label_only):
     fitted = fit_temperature(probs, SetLabels(target, malignant, np.full_like(y, -1)), [0])
     assert fitted["temperature"] == pytest.approx(2.0, rel=0.1)
     assert fitted["fitted_on"].startswith("benign/malignant" if label_only else "per-class")
+
+
+def test_holdout_out_accepts_a_file_or_a_folder_and_names_a_missing_folder(tmp_path):
+    export, data = tmp_path / "export", tmp_path / "site"
+    export.mkdir()
+    beside = _holdout_path(None, export, data)
+    assert beside == tmp_path / "calibrate-holdout-site.json"
+    assert _holdout_path(tmp_path / "r.json", export, data) == tmp_path / "r.json"
+    assert _holdout_path(export, export, data) == export / "calibrate-holdout-site.json"
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        _holdout_path(tmp_path / "nowhere" / "r.json", export, data)
+
+
+def test_out_without_holdout_is_refused_before_the_export_is_touched(tmp_path):
+    # --out only applies to --holdout; silently ignoring it would leave the user looking for a file.
+    with pytest.raises(ValueError, match="--holdout"):
+        calibrate_command(tmp_path / "no-export", tmp_path / "no-data", out=tmp_path / "r.json")

@@ -124,3 +124,36 @@ def test_report_errors(tmp_path: Path) -> None:
         render_report([Section("A", images=[tmp_path / "missing.png"])], tmp_path)
     with pytest.raises(TypeError, match="a table must be"):
         render_report([Section("A", tables=[42])], tmp_path)
+
+
+def test_data_section_counts_only_accepted_synthetic_images(tmp_path: Path) -> None:
+    from dermae.data.prepared import ACCEPTED_FILE
+    from dermae.evaluate.summary import data_section
+
+    data = tmp_path / "data"
+    (data / "synthetic").mkdir(parents=True)
+    (data / "info.json").write_text(
+        '{"class_names": ["mel", "nv"], "image_size": 64, "missing_lesion_ids": 3}'
+    )
+    pd.DataFrame(
+        {
+            "image_id": ["r0", "r1", "r2", "r3"],
+            "group_id": ["g0", "g1", "g2", "g3"],
+            "split": ["train", "train", "train", "test"],
+            "diagnosis": ["mel", "nv", "nv", "mel"],
+        }
+    ).to_csv(data / "manifest.csv", index=False)
+    pd.DataFrame({"image_id": ["s0", "s1", "s2"], "diagnosis": ["mel"] * 3}).to_csv(
+        data / "synthetic" / "manifest.csv", index=False
+    )
+    pd.DataFrame({"image_id": ["s0", "s1", "s2"], "accepted": [True, False, False]}).to_csv(
+        data / "synthetic" / ACCEPTED_FILE, index=False
+    )
+
+    section = data_section(tmp_path, tmp_path / "figures")
+
+    rows = {r["class"]: r for r in section.tables[0]["rows"]}
+    assert rows["mel"]["synthetic added"] == 1  # 1 of 3 generated passed the filter
+    assert rows["mel"]["train after balancing"] == 2
+    assert rows["nv"]["train after balancing"] == 2
+    assert any("3 images had no lesion id" in p for p in section.paragraphs)

@@ -474,6 +474,19 @@ def _ci(ci: Sequence[float | None] | None) -> str:
     return f" (95% CI {ci[0]:.1%}-{ci[1]:.1%})"
 
 
+def _holdout_path(out: Path | None, model: Path, data: Path) -> Path:
+    """Where --holdout writes: `out` (a folder gets the default name), else beside the export."""
+    name = f"calibrate-holdout-{Path(data).name}.json"
+    if out is None:
+        return model.resolve().parent / name
+    out = Path(out)
+    if out.is_dir():
+        return out / name
+    if not out.parent.exists():
+        raise FileNotFoundError(f"--out {out}: its folder {out.parent} does not exist; create it")
+    return out
+
+
 def calibrate_command(
     model: Path,
     data: Path,
@@ -490,11 +503,16 @@ def calibrate_command(
 ) -> Path:
     """`dermae calibrate`: write a site threshold into the export, or (--holdout) evaluate
     the adaptation on a held-out part without changing the export."""
+    if out is not None and holdout is None:
+        raise ValueError(
+            "--out names where --holdout writes its JSON; without --holdout the threshold is "
+            f"written into the export itself ({model}), so drop --out or add --holdout FRAC"
+        )
     common = dict(layout=layout, target_specificity=target_specificity, seed=seed)
     common.update(target_sensitivity=target_sensitivity, temperature=temperature)
     if holdout is not None:
         result = holdout_evaluation(model, data, test_frac=holdout, n_boot=n_boot, **common)
-        path = Path(out or model.resolve().parent / f"calibrate-holdout-{Path(data).name}.json")
+        path = _holdout_path(out, model, data)
         path.write_text(json.dumps(result, indent=2))
         p, ci = result["on_test_part"], result["ci95"]
         print(

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from dermae.config import Config
+from dermae.data.prepared import accepted_synthetic
 from dermae.evaluate.ablation import size_line
 from dermae.evaluate.plots import plot_class_counts, plot_loss_curves
 from dermae.evaluate.report import Section, format_ci, metrics_table, render_report
@@ -53,7 +54,13 @@ def data_section(run_dir: Path, figures: Path) -> Section:
     train = manifest[manifest["split"] == "train"]
     before = train["diagnosis"].value_counts().reindex(info.get("class_names")).fillna(0)
     synth_path = run_dir / "data" / "synthetic" / "manifest.csv"
-    synth = pd.read_csv(synth_path) if synth_path.exists() else pd.DataFrame(columns=["diagnosis"])
+    synth = (
+        pd.read_csv(synth_path, dtype={"image_id": str})
+        if synth_path.exists()
+        else pd.DataFrame(columns=["image_id", "diagnosis"])
+    )
+    # Only what the filter accepted reaches training: count those, as load_prepared does.
+    synth = accepted_synthetic(run_dir / "data", synth)
     added = synth["diagnosis"].value_counts().reindex(before.index).fillna(0)
     after = before + added
     rows = [
@@ -83,6 +90,12 @@ def data_section(run_dir: Path, figures: Path) -> Section:
         f"Skipped inputs: {info.get('skipped', 0)}. Only the train split reaches the generator, "
         "the teacher, the student and the thresholds; thresholds are chosen on val.",
     ]
+    if info.get("missing_lesion_ids"):
+        paragraphs.append(
+            f"{info['missing_lesion_ids']} images had no lesion id and were made their own "
+            "lesion (data.group_missing_lesions=image): images of one lesion may sit in "
+            "different splits, so test scores can be optimistic."
+        )
     return Section("Data", paragraphs, [{"rows": rows, "caption": "Images per class"}], [chart])
 
 
