@@ -217,7 +217,13 @@ def test_finetune_entry_selects_best_and_saves_teacher(run_dir, monkeypatch, ini
     assert len(seen["dataset"]) == 28 + 7  # train real + synthetic
     labels = seen["dataset"].labels
     weights = seen["sampler_weights"]
-    assert np.allclose([weights[labels == c].sum() for c in range(7)], 1.0)
+    # Real rows balanced by class; synthetic rows drawn uniformly at their share (7 of 35), so
+    # they cannot crowd out a class's real images.
+    synthetic = (seen["dataset"].rows["source"] == "synthetic").to_numpy()
+    real_mass = [weights[(labels == c) & ~synthetic].sum() for c in np.unique(labels[~synthetic])]
+    assert np.allclose(real_mass, real_mass[0])
+    assert np.allclose(weights[synthetic], weights[synthetic][0])
+    assert weights[synthetic].sum() / weights.sum() == pytest.approx(7 / 35)
 
     log = [json.loads(line) for line in (run_dir / "teacher/train/metrics.jsonl").open()]
     scores = {r["step"]: r["val_balanced_accuracy"] for r in log if "val_balanced_accuracy" in r}
