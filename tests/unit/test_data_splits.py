@@ -116,7 +116,7 @@ def test_class_sampling_weights_interpolate_natural_to_balanced():
     from dermae.engine.loop import epoch_indices
 
     targets = np.array([0, 0, 0, 0, 1])  # 4:1
-    assert class_sampling_weights(targets, 0.0) is None
+    assert class_sampling_weights(targets, 0.0) == pytest.approx([1.0] * 5)
     assert class_sampling_weights(targets, 1.0) == pytest.approx([0.25] * 4 + [1.0])
     assert class_sampling_weights(targets, 0.5) == pytest.approx([0.5] * 4 + [1.0])
     # power 0.5 draws class 1 with probability 1 / (1 + 4 * 0.5) = 1/3 instead of 1/5.

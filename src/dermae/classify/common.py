@@ -60,13 +60,11 @@ def balanced_sampler_weights(targets: np.ndarray, counted: np.ndarray | None = N
     93 % of df draws would carry no hard label.
     """
     if counted is None or np.all(counted):
-        weights = class_sampling_weights(targets, 1.0)
-        assert weights is not None
-        return weights  # unnormalised, as before: the same seed draws the same order
+        return class_sampling_weights(targets, 1.0)  # unnormalised: same seed, same order
     counted = np.asarray(counted, bool)
     weights = np.full(len(targets), 1.0 / len(targets))
-    balanced = class_sampling_weights(targets[counted], 1.0)
-    if balanced is not None and counted.any():
+    if counted.any():
+        balanced = class_sampling_weights(targets[counted], 1.0)
         weights[counted] = balanced / balanced.sum() * counted.mean()
     return weights
 

@@ -24,12 +24,11 @@ def malignant_mask(class_names: list[str] | tuple[str, ...]) -> list[bool]:
     return [name in MALIGNANT_CODES for name in class_names]
 
 
-def class_sampling_weights(targets: np.ndarray, power: float) -> np.ndarray | None:
-    """Per-row draw weights ~ count(class)^-power; None for power 0 (natural order).
+def class_sampling_weights(targets: np.ndarray, power: float) -> np.ndarray:
+    """Per-row draw weights ~ count(class)^-power.
 
-    power 1 makes every class equally likely, 0.5 is square-root balancing.
+    power 0 keeps the natural frequencies, 1 makes every class equally likely, 0.5 is
+    square-root balancing.
     """
-    if power == 0:
-        return None
     counts = np.bincount(targets)
     return counts[targets].astype(np.float64) ** -power

@@ -250,7 +250,11 @@ def train_ldm(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
         lcfg.train,
         synth_dir(run_dir) / "ldm_train",
         desc="ldm",
-        sampler_weights=class_sampling_weights(cond, lcfg.class_sampling_power),
+        sampler_weights=(
+            class_sampling_weights(cond, lcfg.class_sampling_power)
+            if lcfg.class_sampling_power
+            else None  # natural order: a plain shuffle, as before the option existed
+        ),
         run_config={"ldm": to_dict(lcfg), "vae_id": vae_id},  # a new VAE: a new UNet
         data_hash=data.dataset(rows).fingerprint(),  # latents carry no row fingerprint
         resume=resume,

@@ -1,0 +1,39 @@
+#!/bin/bash
+# The follow-ups of BENCHMARKS.md sections 15 and 16, on a finished cpu-full run
+# (`dermae run -c configs/cpu-full.yaml`, run_dir runs/cpu-full). Each works in a copy of
+# the run directory holding only what it reuses, so the original run is never touched.
+# Right after a long run `threads: auto` sees the load and picks 1 thread; the measured
+# follow-ups ran with DERMAE_THREADS=2.
+#   bash benchmarks/cpu_full_followups.sh kd 0.0 no-synthetic   # section 15, row 2
+#   bash benchmarks/cpu_full_followups.sh kd 1.0 sampler-fix    # section 15, row 3
+#   bash benchmarks/cpu_full_followups.sh ldm 0.5 sqrt          # section 16
+set -euo pipefail
+KIND=${1:-} VALUE=${2:-} NAME=${3:-}
+case "$KIND" in kd|ldm) ;; *) echo "usage: $0 kd|ldm VALUE NAME" >&2; exit 2 ;; esac
+SRC=${SRC:-runs/cpu-full}
+DERMAE=${DERMAE:-.venv/bin/dermae}
+DST=runs/cpu-full-$KIND-$NAME
+rm -rf "$DST" && mkdir -p "$DST/stages"
+cp "$SRC/config.yaml" "$DST/"
+marks() { for m in "$@"; do cp "$SRC/stages/$m.json" "$DST/stages/"; done; }
+uptime
+if [ "$KIND" = kd ]; then
+  # Same (b), teacher and filtered synthetic images; only the student is retrained.
+  cp -r "$SRC/data" "$SRC/baseline" "$SRC/teacher" "$DST/"
+  marks prepare baseline vae ldm sample synth_quality pretrain finetune
+  SET=(-c configs/cpu-full.yaml --run-dir "$DST" --set "distill.synthetic_ratio=$VALUE"
+       --set "ablate.variants=[b,d]")
+  "$DERMAE" distill "${SET[@]}"
+  "$DERMAE" ablate "${SET[@]}"
+elif [ "$KIND" = ldm ]; then
+  # Same VAE, latent cache and judge; the UNet, sampling and quality checks rerun.
+  mkdir -p "$DST/synth"
+  cp -r "$SRC/data" "$SRC/baseline" "$DST/" && rm -rf "$DST/data/synthetic"
+  cp -r "$SRC/synth/vae" "$SRC/synth/latents_train.safetensors" "$DST/synth/"
+  marks prepare baseline vae
+  SET=(-c configs/cpu-full.yaml --run-dir "$DST" --set "ldm.class_sampling_power=$VALUE")
+  "$DERMAE" synth train "${SET[@]}"
+  "$DERMAE" synth sample "${SET[@]}"
+  "$DERMAE" synth evaluate "${SET[@]}"
+fi
+uptime
