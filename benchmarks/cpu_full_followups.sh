@@ -7,9 +7,10 @@
 #   bash benchmarks/cpu_full_followups.sh kd 0.0 no-synthetic   # section 15, row 2
 #   bash benchmarks/cpu_full_followups.sh kd 1.0 sampler-fix    # section 15, row 3
 #   bash benchmarks/cpu_full_followups.sh ldm 0.5 sqrt          # section 16
+#   bash benchmarks/cpu_full_followups.sh patient 1800 1800     # (b) and (d) at 1,800 steps
 set -euo pipefail
 KIND=${1:-} VALUE=${2:-} NAME=${3:-}
-case "$KIND" in kd|ldm) ;; *) echo "usage: $0 kd|ldm VALUE NAME" >&2; exit 2 ;; esac
+case "$KIND" in kd|ldm|patient) ;; *) echo "usage: $0 kd|ldm|patient VALUE NAME" >&2; exit 2 ;; esac
 SRC=${SRC:-runs/cpu-full}
 DERMAE=${DERMAE:-.venv/bin/dermae}
 DST=runs/cpu-full-$KIND-$NAME
@@ -35,5 +36,16 @@ elif [ "$KIND" = ldm ]; then
   "$DERMAE" synth train "${SET[@]}"
   "$DERMAE" synth sample "${SET[@]}"
   "$DERMAE" synth evaluate "${SET[@]}"
+elif [ "$KIND" = patient ]; then
+  # Same teacher and filtered synthetic images; (b) and the student both train VALUE steps
+  # (patient KD), so the pair stays like for like. The retrained (b) is also the ensemble's
+  # CNN member, as in the recipe.
+  cp -r "$SRC/data" "$SRC/teacher" "$DST/"
+  marks prepare vae ldm sample synth_quality pretrain finetune
+  SET=(-c configs/cpu-full.yaml --run-dir "$DST" --set "baseline.train.max_steps=$VALUE"
+       --set "distill.train.max_steps=$VALUE" --set "ablate.variants=[b,d]")
+  "$DERMAE" train "${SET[@]}"
+  "$DERMAE" distill "${SET[@]}"
+  "$DERMAE" ablate "${SET[@]}"
 fi
 uptime
