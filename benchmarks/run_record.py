@@ -1,0 +1,167 @@
+"""Build the measured record of a whole `dermae run` (stage seconds, wall time, peak memory,
+generator quality) from its run directory and the `/usr/bin/time -v` log, so no number in
+`benchmarks/results/*_run.json` is typed by hand.
+
+    uptime > before.txt
+    /usr/bin/time -v dermae run -c configs/cpu-full.yaml > runs/cpu-full.log 2>&1
+    uptime > after.txt
+    python benchmarks/run_record.py runs/cpu-full runs/cpu-full.log \\
+        --uptime-before before.txt --uptime-after after.txt \\
+        --out benchmarks/results/cpu_full_run.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+TIME_FIELDS = {
+    "wall": re.compile(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)"),
+    "max_rss_kb": re.compile(r"Maximum resident set size \(kbytes\): (\d+)"),
+    "exit_status": re.compile(r"Exit status: (\d+)"),
+}
+PIPELINE = re.compile(r"\[dermae\] pipeline finished in (\d+) s")
+THREADS = re.compile(r"dermae: (\d+) torch thread\(s\) \(([^)]*)\)")
+
+
+def clock_seconds(text: str) -> float:
+    """'1:48:52' or '48:52.31' -> seconds."""
+    seconds = 0.0
+    for part in text.split(":"):
+        seconds = seconds * 60 + float(part)
+    return seconds
+
+
+def parse_time_log(text: str) -> dict[str, Any]:
+    """Wall time, peak RSS, exit status, pipeline seconds and thread count from a run's log.
+
+    Raises ValueError naming what is missing: a log without `/usr/bin/time -v` output cannot
+    give a wall time, and a record without one would be a guess.
+    """
+    found: dict[str, Any] = {}
+    for key, pattern in TIME_FIELDS.items():
+        match = pattern.search(text)
+        if match is None:
+            raise ValueError(
+                f"no '{key}' line in the log: was the run wrapped in /usr/bin/time -v?"
+            )
+        found[key] = match.group(1)
+    pipeline = PIPELINE.findall(text)
+    threads = THREADS.search(text)
+    return {
+        "wall_s": round(clock_seconds(found["wall"])),
+        "pipeline_s": int(pipeline[-1]) if pipeline else None,
+        "max_rss_kb": int(found["max_rss_kb"]),
+        "exit_status": int(found["exit_status"]),
+        "torch_threads": f"{threads.group(1)} ({threads.group(2)})" if threads else None,
+    }
+
+
+def stage_seconds(run_dir: Path) -> dict[str, float]:
+    """Seconds of each stage as its done mark recorded them, in pipeline order."""
+    from dermae.pipeline import STAGE_NAMES
+
+    seconds = {}
+    for name in STAGE_NAMES:
+        mark = run_dir / "stages" / f"{name}.json"
+        if mark.is_file():
+            seconds[name] = round(json.loads(mark.read_text())["seconds"], 1)
+    return seconds
+
+
+def generator_record(run_dir: Path) -> dict[str, Any]:
+    """VAE reconstruction, filter acceptance, fidelity and near-copies, when the run made them."""
+    record: dict[str, Any] = {}
+    vae = run_dir / "synth" / "vae" / "metrics.json"
+    if vae.is_file():
+        metrics = json.loads(vae.read_text())
+        record["vae_val"] = {
+            k: metrics[k] for k in ("psnr", "ssim", "latent_shape") if k in metrics
+        }
+    quality = run_dir / "synth" / "synth_quality.json"
+    if quality.is_file():
+        q = json.loads(quality.read_text())
+        per_class = q.get("per_class", {})
+        if "filter" in q:
+            record["synthetic_filter"] = q["filter"]
+        for key, out in (
+            ("class_fidelity", "class_fidelity"),
+            ("real_val_fidelity", "judge_recall_on_real_val"),
+            ("near_copies_feature", "near_copies_feature"),
+            ("near_copies_pixel", "near_copies_pixel"),
+        ):
+            record[out] = {c: v[key] for c, v in per_class.items() if key in v}
+    return record
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def build_record(
+    run_dir: Path,
+    log: Path,
+    command: str,
+    machine: str,
+    uptime_before: str | None = None,
+    uptime_after: str | None = None,
+    commit: str | None = None,
+) -> dict[str, Any]:
+    timing = parse_time_log(log.read_text(errors="replace"))
+    return {
+        "command": command,
+        "commit": commit,
+        "machine": machine,
+        "uptime_before": uptime_before,
+        "uptime_after": uptime_after,
+        **timing,
+        "stages_s": stage_seconds(run_dir),
+        **generator_record(run_dir),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("log", type=Path, help="stdout+stderr of `/usr/bin/time -v dermae run`")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--uptime-before", type=Path)
+    parser.add_argument("--uptime-after", type=Path)
+    parser.add_argument("--command", default="dermae run -c configs/cpu-full.yaml")
+    parser.add_argument(
+        "--machine", default="2 cores x86-64 (AVX-512, AMX), 24 GB, no GPU; nothing else running"
+    )
+    parser.add_argument("--commit", help="the commit the run used (default: HEAD)")
+    args = parser.parse_args()
+    for path in (args.run_dir, args.log):
+        if not path.exists():
+            parser.error(f"{path} does not exist")
+
+    def read(path: Path | None) -> str | None:
+        return path.read_text().strip() if path else None
+
+    record = build_record(
+        args.run_dir,
+        args.log,
+        args.command,
+        args.machine,
+        read(args.uptime_before),
+        read(args.uptime_after),
+        args.commit or git_commit(),
+    )
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {args.out}: wall {record['wall_s']} s, stages {record['stages_s']}")
+
+
+if __name__ == "__main__":
+    main()
