@@ -137,3 +137,26 @@ def test_upload_of_a_non_image_shows_the_error(driver, server, tmp_path):
     assert wait_for_state(driver, ("done", "error")) == "error"
     text = driver.find_element(By.ID, "error").text
     assert "422" in text and "not a readable image" in text
+
+
+def test_busy_server_is_retried_after_retry_after(driver, server):
+    from selenium.webdriver.common.by import By
+
+    driver.get(server + "/")
+    # The first /predict answers 503 (Retry-After: 1), as a full server does; then the real one.
+    driver.execute_script(
+        """
+        window.predictCalls = 0;
+        const realFetch = window.fetch;
+        window.fetch = (url, options) => {
+          if (url === "/predict" && window.predictCalls++ === 0) {
+            return Promise.resolve(new Response(JSON.stringify({detail: "busy"}),
+              {status: 503, headers: {"Retry-After": "1"}}));
+          }
+          return realFetch(url, options);
+        };
+        """
+    )
+    driver.find_element(By.ID, "file-input").send_keys(str(ham_image()))
+    assert wait_for_state(driver, ("done", "error")) == "done"
+    assert driver.execute_script("return window.predictCalls") == 2

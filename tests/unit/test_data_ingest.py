@@ -233,3 +233,57 @@ def test_age_blank_or_text_reads_as_unknown(ham) -> None:
     assert result.rows["sex"][2] == "unknown"
     assert any("1 age value(s) are not numbers" in n for n in result.notes)
     assert np.isfinite(result.rows["age"][3:]).all()
+
+
+ISIC2020_ROWS = [  # image_name, patient_id, diagnosis, benign_malignant, target
+    ("ISIC_0000001", "IP_1", "nevus", "benign", "0"),
+    ("ISIC_0000002", "IP_1", "melanoma", "malignant", "1"),
+    ("ISIC_0000003", "IP_2", "seborrheic keratosis", "benign", "0"),
+    ("ISIC_0000004", "IP_2", "lentigo NOS", "benign", "0"),
+    ("ISIC_0000005", "IP_3", "unknown", "benign", "0"),
+    ("ISIC_0000006", "IP_3", "atypical melanocytic proliferation", "benign", "0"),
+    ("ISIC_0000007", "IP_4", "cafe-au-lait macule", "", ""),
+]
+
+
+def _isic2020(root: Path) -> Path:
+    (root / "train").mkdir(parents=True)
+    for name, *_ in ISIC2020_ROWS:
+        Image.new("RGB", (8, 8), (200, 120, 100)).save(root / "train" / f"{name}.jpg")
+    table = pd.DataFrame(
+        ISIC2020_ROWS,
+        columns=["image_name", "patient_id", "diagnosis", "benign_malignant", "target"],
+    )
+    table.insert(2, "sex", "female")
+    table.insert(3, "age_approx", "45")
+    table.insert(4, "anatom_site_general_challenge", "torso")
+    csv = root / "ISIC_2020_Training_GroundTruth.csv"
+    table.to_csv(csv, index=False)
+    return csv
+
+
+def test_isic2020_ground_truth_reads_names_words_and_labels(tmp_path: Path) -> None:
+    csv = _isic2020(tmp_path / "isic2020")
+    assert detect_layout(tmp_path / "isic2020") == ("ham10000", csv.resolve())
+    result = ingest_dataset(tmp_path / "isic2020", evaluation_only=True, skip_bad=True)
+    rows = _by_id(result.rows)
+    atypical = "atypical melanocytic proliferation"
+    assert list(rows["diagnosis"]) == ["nv", "mel", "bkl", "bkl", "unknown", atypical]
+    # Words with a HAM10000 class take its malignancy; the rest keep the row's own label.
+    assert list(rows["malignant"]) == [0, 1, 0, 0, 0, 0]
+    assert list(rows["group_id"]) == ["IP_1", "IP_1", "IP_2", "IP_2", "IP_3", "IP_3"]
+    assert list(rows["site"]) == ["torso"] * 6 and list(rows["age"]) == [45.0] * 6
+    assert result.class_names == ["bkl", "mel", "nv"]
+    # The cafe-au-lait row has neither a HAM10000 class nor a label: listed, not dropped.
+    assert [s["row"] for s in result.skipped] == [8]
+    assert any("4 diagnosis word(s) read as HAM10000 codes" in n for n in result.notes)
+
+
+def test_isic2020_unknown_diagnosis_is_refused_for_training(tmp_path: Path) -> None:
+    _isic2020(tmp_path / "isic2020")
+    with pytest.raises(DataError) as err:
+        ingest_dataset(tmp_path / "isic2020")
+    message = str(err.value)
+    # Three rows without a HAM10000 class, and four HAM10000 classes with no images.
+    assert "7 problem(s)" in message and "class 'vasc' has no images" in message
+    assert "line 6: " in message and "unknown diagnosis 'unknown' for ISIC_0000005" in message

@@ -5,6 +5,8 @@ Layouts:
               original `HAM10000_metadata.csv` (lesion_id, image_id, dx, dx_type, age, sex,
               localization); images are found by id anywhere under the CSV's folder
               (images/<id>.jpg, <id>.jpg, HAM10000_images_part_1/<id>.jpg, ...).
+              The ISIC 2020 ground truth reads the same way (image_name, patient_id,
+              diagnosis in words, benign_malignant).
     isic      an ISIC ground-truth CSV: an `image` column and one-hot class columns
               (MEL, NV, BCC, AKIEC, BKL, DF, VASC; or a subset, or others such as SCC).
     folders   one folder per class: root/<class_name>/*.jpg|png|...
@@ -40,7 +42,7 @@ KNOWN_DIAGNOSES = frozenset(CLASS_DESCRIPTIONS)
 
 # Column aliases: first one present wins.
 ALIASES: dict[str, tuple[str, ...]] = {
-    "image_id": ("image_id", "image", "isic_id"),
+    "image_id": ("image_id", "image", "isic_id", "image_name"),
     "diagnosis": ("diagnosis", "dx"),
     # A patient id groups more coarsely than a lesion id; it is used only when there is no
     # lesion id, so that images of one patient never land in two splits.
@@ -54,6 +56,27 @@ ALIASES: dict[str, tuple[str, ...]] = {
     # evaluation-only set whose diagnosis is not known (see _evaluation_label).
     "malignant": ("benign_malignant", "target"),
 }
+# Diagnoses written as words (ISIC 2020's `diagnosis` column) and the HAM10000 code each
+# belongs to. HAM10000's bkl groups solar lentigines, seborrheic and lichen-planus-like
+# keratoses. Words with no HAM10000 class ("unknown", "cafe-au-lait macule", "atypical
+# melanocytic proliferation") stay as they are: such a row is scored only by its
+# benign/malignant label, in an evaluation-only set.
+DIAGNOSIS_WORDS: dict[str, str] = {
+    "nevus": "nv",
+    "melanocytic nevus": "nv",
+    "melanoma": "mel",
+    "basal cell carcinoma": "bcc",
+    "actinic keratosis": "akiec",
+    "dermatofibroma": "df",
+    "vascular lesion": "vasc",
+    "squamous cell carcinoma": "scc",
+    "seborrheic keratosis": "bkl",
+    "lentigo nos": "bkl",
+    "solar lentigo": "bkl",
+    "lichenoid keratosis": "bkl",
+}
+# Columns that name an image in a per-image CSV (ISIC 2020 calls it image_name).
+PER_IMAGE_ID_COLUMNS = frozenset({"image_id", "image_name"})
 # Diagnoses of binary (benign/malignant-only) sets: label-only rows in an evaluation set.
 BINARY_LABELS = {"benign": 0, "malignant": 1}
 METADATA_COLUMNS = frozenset(c for names in ALIASES.values() for c in names)
@@ -127,8 +150,8 @@ def _read_header(path: Path) -> list[str]:
 def _csv_kind(path: Path) -> str | None:
     """'ham10000', 'isic' or None, judged from a CSV's header."""
     cols = set(_read_header(path))
-    if "image_id" in cols and ({"diagnosis", "dx"} & cols):
-        return "ham10000"
+    if (PER_IMAGE_ID_COLUMNS & cols) and ({"diagnosis", "dx"} & cols):
+        return "ham10000"  # per-image rows with a diagnosis column (HAM10000, ISIC 2020)
     if "image" in cols and len(cols - METADATA_COLUMNS) >= 1:
         return "isic"
     return None
@@ -406,6 +429,13 @@ def ingest_ham10000(
     n = len(table)
     ids = [v.strip() for v in table[cols["image_id"]]]
     dx = [v.strip().lower() for v in table[cols["diagnosis"]]]
+    worded = sum(d in DIAGNOSIS_WORDS for d in dx)
+    if worded:
+        dx = [DIAGNOSIS_WORDS.get(d, d) for d in dx]
+        notes.append(
+            f"{csv.name}: {worded} diagnosis word(s) read as HAM10000 codes "
+            "(nevus -> nv, melanoma -> mel, seborrheic keratosis / lentigo -> bkl, ...)"
+        )
     groups = [v.strip() for v in table[cols["group_id"]]] if cols["group_id"] else [""] * n
     files = [v.strip() for v in table[cols["file"]]] if cols["file"] else [""] * n
     ages = _parse_age(table[cols["age"]], notes, csv) if cols["age"] else pd.Series([math.nan] * n)

@@ -12,6 +12,8 @@ const DESCRIPTIONS = {
 };
 const $ = (id) => document.getElementById(id);
 let maxUploadBytes = Infinity;
+const BUSY_RETRIES = 3;
+const MAX_RETRY_WAIT_S = 10;
 let previewUrl = null;
 
 function show(id, visible) { $(id).hidden = !visible; }
@@ -23,6 +25,11 @@ function setState(state) {
   show("status", state === "loading");
   show("error", state === "error");
   show("output", state === "done");
+}
+
+function retryAfterSeconds(response) {
+  const seconds = Number(response.headers.get("Retry-After"));
+  return Number.isFinite(seconds) && seconds > 0 ? Math.min(seconds, MAX_RETRY_WAIT_S) : 1;
 }
 
 function showError(message) {
@@ -91,10 +98,20 @@ async function analyse(file) {
     return;
   }
   setState("loading");
+  $("status").textContent = "Analysing…";
   const form = new FormData();
   form.append("file", file, file.name);
   try {
-    const response = await fetch("/predict", { method: "POST", body: form });
+    let response = await fetch("/predict", { method: "POST", body: form });
+    // A busy server answers 503 with Retry-After: wait and send the same image again.
+    for (let attempt = 1; response.status === 503 && attempt <= BUSY_RETRIES; attempt++) {
+      const seconds = retryAfterSeconds(response);
+      $("status").textContent = "The server is busy; trying again in " + seconds + " s (" +
+        attempt + " of " + BUSY_RETRIES + ")…";
+      await new Promise((resolve) => setTimeout(resolve, 1000 * seconds));
+      $("status").textContent = "Analysing…";
+      response = await fetch("/predict", { method: "POST", body: form });
+    }
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
       showError("The image could not be analysed (" + response.status + "): " +

@@ -1,0 +1,121 @@
+"""The scripts that turn a finished run into BENCHMARKS numbers copy values, never guess them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+TIME_LOG = """\
+dermae: 2 torch thread(s) (DERMAE_THREADS)
+[dermae] report: finished in 1 s
+[dermae] pipeline finished in 6523 s; see runs/cpu-full
+\tCommand being timed: ".venv/bin/dermae run -c configs/cpu-full.yaml"
+\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:48:52
+\tMaximum resident set size (kbytes): 3301056
+\tExit status: 0
+"""
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_clock_seconds() -> None:
+    record = _load("run_record")
+    assert record.clock_seconds("1:48:52") == 6532
+    assert record.clock_seconds("48:52.5") == pytest.approx(2932.5)
+
+
+def test_time_log_values() -> None:
+    timing = _load("run_record").parse_time_log(TIME_LOG)
+    assert timing == {
+        "wall_s": 6532,
+        "pipeline_s": 6523,
+        "max_rss_kb": 3301056,
+        "exit_status": 0,
+        "torch_threads": "2 (DERMAE_THREADS)",
+    }
+
+
+def test_log_without_time_output_is_refused() -> None:
+    with pytest.raises(ValueError, match="/usr/bin/time -v"):
+        _load("run_record").parse_time_log("[dermae] pipeline finished in 5 s\n")
+
+
+def test_record_reads_marks_and_generator(tmp_path: Path) -> None:
+    record = _load("run_record")
+    run = tmp_path / "run"
+    (run / "stages").mkdir(parents=True)
+    (run / "synth" / "vae").mkdir(parents=True)
+    for name, seconds in (("baseline", 430.14), ("prepare", 9.21)):
+        (run / "stages" / f"{name}.json").write_text(json.dumps({"seconds": seconds}))
+    (run / "synth" / "vae" / "metrics.json").write_text(
+        json.dumps({"psnr": 27.1, "ssim": 0.78, "latent_shape": [4, 8, 8], "steps": 800})
+    )
+    quality = {
+        "filter": {"accepted": 3, "total": 10},
+        "per_class": {
+            "mel": {
+                "class_fidelity": 0.3,
+                "real_val_fidelity": 0.6,
+                "near_copies_feature": 1,
+                "near_copies_pixel": 0,
+            }
+        },
+    }
+    (run / "synth" / "synth_quality.json").write_text(json.dumps(quality))
+    log = tmp_path / "run.log"
+    log.write_text(TIME_LOG)
+    out = record.build_record(run, log, "cmd", "machine", "up 1", "up 2", "abc1234")
+    assert list(out["stages_s"]) == ["prepare", "baseline"]  # pipeline order, not file order
+    assert out["stages_s"] == {"prepare": 9.2, "baseline": 430.1}
+    assert out["vae_val"] == {"psnr": 27.1, "ssim": 0.78, "latent_shape": [4, 8, 8]}
+    assert out["synthetic_filter"] == {"accepted": 3, "total": 10}
+    assert out["class_fidelity"] == {"mel": 0.3}
+    assert out["judge_recall_on_real_val"] == {"mel": 0.6}
+    assert out["near_copies_feature"] == {"mel": 1}
+    assert (out["wall_s"], out["commit"], out["uptime_after"]) == (6532, "abc1234", "up 2")
+
+
+def test_ablation_table_copies_values() -> None:
+    ablation = _load("ablation_table")
+    ci = {"balanced_accuracy": [0.55, 0.65], "malignant_auroc": [0.8, 0.9]}
+    summary = {
+        "reference": "b_simple_fix",
+        "results": {
+            "b_simple_fix": {
+                "scalars": {"balanced_accuracy": 0.6, "malignant_auroc": 0.85},
+                "ci95": ci,
+            },
+            "d_dermae": {
+                "scalars": {"balanced_accuracy": 0.65, "malignant_auroc": 0.86},
+                "ci95": ci,
+            },
+        },
+        "paired_bootstrap": {
+            "d_dermae - b_simple_fix": {
+                "balanced_accuracy": {"diff": 0.05, "ci": [0.01, 0.09]},
+                "malignant_auroc": {"diff": -0.004, "ci": [-0.02, 0.012]},
+            }
+        },
+    }
+    lines = ablation.table(summary).splitlines()
+    assert len(lines) == 4  # header, rule, one row per model
+    reference_row, dermae_row = lines[2], lines[3]
+    assert "0.600 (0.550–0.650)" in reference_row and reference_row.count("—") == 3
+    assert "0.650 (0.550–0.650)" in dermae_row
+    assert "+0.050 (+0.010 to +0.090)" in dermae_row
+    assert "-0.004 (-0.020 to +0.012)" in dermae_row
+    assert dermae_row.endswith("| — |")  # no sensitivity comparison recorded
