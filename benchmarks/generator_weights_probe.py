@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from safetensors.torch import load_file
 
 from dermae.classify.model import load_classifier
@@ -29,20 +30,18 @@ CHECKPOINT = Path("synth") / "ldm_train" / "checkpoint" / "model.safetensors"
 
 
 def fidelity(
-    run_dir: Path,
     unet: torch.nn.Module,
+    vae: torch.nn.Module,
+    sampler: SchedulerMixin,
+    judge: torch.nn.Module,
     classes: list[str],
     wanted: list[str],
     per_class: int,
     guidance: float,
 ) -> dict[str, float]:
     """Per wanted class: the fraction of `per_class` images the baseline calls that class."""
-    vae = load_vae(run_dir)
-    judge, _ = load_classifier(run_dir / "baseline" / "model")
-    judge.eval()
     judge_names = list(judge.config["class_names"])
     size = int(judge.config["image_size"])
-    sampler = make_sampler("ddim", load_noise_scheduler(run_dir))
     result = {}
     for name in wanted:
         gens = [torch.Generator().manual_seed(image_seed(0, name, i)) for i in range(per_class)]
@@ -72,13 +71,17 @@ def main() -> None:
         parser.error(f"{raw} is missing: the probe needs the run's last UNet checkpoint")
     raw_unet, _ = load_unet(args.run_dir)
     raw_unet.load_state_dict(load_file(str(raw)))
+    vae = load_vae(args.run_dir)
+    judge, _ = load_classifier(args.run_dir / "baseline" / "model")
+    judge.eval()
+    sampler = make_sampler("ddim", load_noise_scheduler(args.run_dir))
     classes = list(meta["class_names"])
     wanted = args.classes or [c for c in classes if c != "nv"]
     record: dict = {"run_dir": str(args.run_dir), "per_class": args.per_class, "results": {}}
     for weights, unet in (("ema", ema_unet), ("raw", raw_unet)):
         for g in args.guidance:
             t0 = time.perf_counter()
-            scores = fidelity(args.run_dir, unet, classes, wanted, args.per_class, g)
+            scores = fidelity(unet, vae, sampler, judge, classes, wanted, args.per_class, g)
             record["results"][f"{weights} guidance {g:g}"] = {
                 "class_fidelity": scores,
                 "mean": float(np.mean(list(scores.values()))),

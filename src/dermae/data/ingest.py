@@ -75,8 +75,9 @@ DIAGNOSIS_WORDS: dict[str, str] = {
     "solar lentigo": "bkl",
     "lichenoid keratosis": "bkl",
 }
-# Columns that name an image in a per-image CSV (ISIC 2020 calls it image_name).
-PER_IMAGE_ID_COLUMNS = frozenset({"image_id", "image_name"})
+# Columns that name an image in a per-image CSV with a diagnosis column (ISIC 2020 calls it
+# image_name). Not `image`: that one marks an ISIC one-hot ground truth.
+PER_IMAGE_ID_COLUMNS = frozenset(ALIASES["image_id"]) - {"image"}
 # Diagnoses of binary (benign/malignant-only) sets: label-only rows in an evaluation set.
 BINARY_LABELS = {"benign": 0, "malignant": 1}
 METADATA_COLUMNS = frozenset(c for names in ALIASES.values() for c in names)
