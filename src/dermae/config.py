@@ -63,7 +63,7 @@ class TrainConfig:
     grad_accum: int = 1
     clip_grad: float = 1.0
     ema_decay: float = 0.0  # 0 disables EMA
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    mixed_precision: str = "no"  # auto (bf16 where native) | no | bf16 | fp16
     log_every: int = 10
     eval_every: int = 0  # steps; 0 = at the end of every epoch
     ckpt_every: int = 0  # steps; 0 = at the end of every epoch
@@ -123,7 +123,7 @@ class SampleConfig:
     scheduler: str = "ddim"  # ddim | dpm
     batch_size: int = 64
     seed: int | None = None  # None: the top-level `seed`
-    mixed_precision: str = "no"  # no | bf16: autocast while sampling
+    mixed_precision: str = "no"  # auto | no | bf16: autocast while sampling
     grid_per_class: int = 8  # images per row of the per-class sample grids
     # classifier: keep only synthetic images that the real-trained baseline classifies as
     # their class and that are no near-copy of a train image (`dermae synth evaluate`
@@ -533,6 +533,8 @@ def validate_config(cfg: Config) -> None:
     for f in dataclasses.fields(cfg):
         stage = getattr(cfg, f.name)
         train = getattr(stage, "train", None)
+        if isinstance(train, TrainConfig):
+            _check_choice(f"{f.name}.train.mixed_precision", train.mixed_precision, PRECISIONS)
         if isinstance(train, TrainConfig) and train.epochs == 0 and train.max_steps == 0:
             raise ConfigError(
                 f"config keys '{f.name}.train.epochs' and '{f.name}.train.max_steps' are both 0, "
@@ -566,10 +568,12 @@ def validate_config(cfg: Config) -> None:
     for i, variant in enumerate(cfg.ablate.variants):
         _check_choice(f"ablate.variants[{i}]", variant, ("a", "b", "c", "d", "e", "f"))
     _check_choice("sample.filter", cfg.sample.filter, ("none", "classifier"))
+    _check_choice("sample.mixed_precision", cfg.sample.mixed_precision, ("auto", "no", "bf16"))
     _check_model_names(cfg)
 
 
 CLASS_LOSSES = ("ce", "weighted_ce", "balanced_sampler")
+PRECISIONS = ("auto", "no", "bf16", "fp16")  # engine/precision.py resolves auto
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

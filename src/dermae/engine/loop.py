@@ -67,6 +67,7 @@ from dermae.engine.fingerprint import (
     explain,
     model_signature,
 )
+from dermae.engine.precision import resolve_precision
 
 CHECKPOINT_DIR = "checkpoint"
 BEST_DIR = "best"
@@ -282,8 +283,11 @@ def fit(
     # keeps its settings in a process-wide singleton, so forget the last stage's. The
     # distributed part (PartialState) is kept.
     AcceleratorState._reset_state()
+    precision = resolve_precision(
+        cfg.mixed_precision, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=precision,
         gradient_accumulation_steps=cfg.grad_accum,
         cpu=not torch.cuda.is_available(),
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +30,6 @@ def synth_dir(run_dir: str | Path) -> Path:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def autocast(device: torch.device, mixed_precision: str):
-    """bf16 autocast context (CPU AMX or GPU), or a no-op for 'no'."""
-    if mixed_precision == "no":
-        return nullcontext()
-    if mixed_precision != "bf16":
-        raise ValueError(f"mixed_precision '{mixed_precision}' not supported here; use no | bf16")
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def norm_groups(channels: tuple[int, ...] | list[int], preferred: int = 32) -> int:

@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 
 from dermae.config import Config, ConfigError, SampleConfig
 from dermae.data.prepared import MANIFEST_COLUMNS, data_dir, load_prepared
+from dermae.engine.precision import autocast, resolve_precision
 from dermae.synth.common import (
     MALIGNANT_NAMES,
-    autocast,
     class_of_rows,
     default_device,
     file_digest,
@@ -254,7 +254,8 @@ def _settings(cfg: SampleConfig, model_id: str, conditioning: str) -> dict:
         "guidance": cfg.guidance,
         "steps": cfg.steps,
         "scheduler": cfg.scheduler,
-        "mixed_precision": cfg.mixed_precision,
+        # What ran: `auto` differs between machines, and so do bf16 and fp32 samples.
+        "mixed_precision": resolve_precision(cfg.mixed_precision, default_device()),
         "conditioning": conditioning,
     }
 
