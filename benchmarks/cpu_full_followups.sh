@@ -8,12 +8,16 @@
 #   bash benchmarks/cpu_full_followups.sh kd 1.0 sampler-fix    # section 15, row 3
 #   bash benchmarks/cpu_full_followups.sh ldm 0.5 sqrt          # section 16
 #   bash benchmarks/cpu_full_followups.sh patient 1800 1800     # (b) and (d) at 1,800 steps
+# The same on another finished run: SRC names its folder, CONFIG its config, e.g.
+#   SRC=runs/demo CONFIG=configs/demo.yaml bash benchmarks/cpu_full_followups.sh ldm-steps 3200 3200
 set -euo pipefail
 KIND=${1:-} VALUE=${2:-} NAME=${3:-}
-case "$KIND" in kd|ldm|patient) ;; *) echo "usage: $0 kd|ldm|patient VALUE NAME" >&2; exit 2 ;; esac
+case "$KIND" in kd|ldm|ldm-steps|patient) ;;
+  *) echo "usage: $0 kd|ldm|ldm-steps|patient VALUE NAME" >&2; exit 2 ;; esac
 SRC=${SRC:-runs/cpu-full}
+CONFIG=${CONFIG:-configs/cpu-full.yaml}
 DERMAE=${DERMAE:-.venv/bin/dermae}
-DST=runs/cpu-full-$KIND-$NAME
+DST=$SRC-$KIND-$NAME
 rm -rf "$DST" && mkdir -p "$DST/stages"
 cp "$SRC/config.yaml" "$DST/"
 marks() { for m in "$@"; do cp "$SRC/stages/$m.json" "$DST/stages/"; done; }
@@ -22,17 +26,23 @@ if [ "$KIND" = kd ]; then
   # Same (b), teacher and filtered synthetic images; only the student is retrained.
   cp -r "$SRC/data" "$SRC/baseline" "$SRC/teacher" "$DST/"
   marks prepare baseline vae ldm sample synth_quality pretrain finetune
-  SET=(-c configs/cpu-full.yaml --run-dir "$DST" --set "distill.synthetic_ratio=$VALUE"
+  SET=(-c "$CONFIG" --run-dir "$DST" --set "distill.synthetic_ratio=$VALUE"
        --set "ablate.variants=[b,d]")
   "$DERMAE" distill "${SET[@]}"
   "$DERMAE" ablate "${SET[@]}"
-elif [ "$KIND" = ldm ]; then
-  # Same VAE, latent cache and judge; the UNet, sampling and quality checks rerun.
+elif [ "$KIND" = ldm ] || [ "$KIND" = ldm-steps ]; then
+  # Same VAE, latent cache and judge; the UNet, sampling and quality checks rerun:
+  # ldm VALUE sets the class sampling power, ldm-steps VALUE the UNet's steps.
   mkdir -p "$DST/synth"
   cp -r "$SRC/data" "$SRC/baseline" "$DST/" && rm -rf "$DST/data/synthetic"
   cp -r "$SRC/synth/vae" "$SRC/synth/latents_train.safetensors" "$DST/synth/"
   marks prepare baseline vae
-  SET=(-c configs/cpu-full.yaml --run-dir "$DST" --set "ldm.class_sampling_power=$VALUE")
+  if [ "$KIND" = ldm ]; then
+    SET=(-c "$CONFIG" --run-dir "$DST" --set "ldm.class_sampling_power=$VALUE")
+  else
+    SET=(-c "$CONFIG" --run-dir "$DST" --set "ldm.train.max_steps=$VALUE"
+         --set "ldm.train.eval_every=$VALUE")
+  fi
   "$DERMAE" synth train "${SET[@]}"
   "$DERMAE" synth sample "${SET[@]}"
   "$DERMAE" synth evaluate "${SET[@]}"
@@ -42,7 +52,7 @@ elif [ "$KIND" = patient ]; then
   # CNN member, as in the recipe.
   cp -r "$SRC/data" "$SRC/teacher" "$DST/"
   marks prepare vae ldm sample synth_quality pretrain finetune
-  SET=(-c configs/cpu-full.yaml --run-dir "$DST" --set "baseline.train.max_steps=$VALUE"
+  SET=(-c "$CONFIG" --run-dir "$DST" --set "baseline.train.max_steps=$VALUE"
        --set "distill.train.max_steps=$VALUE" --set "ablate.variants=[b,d]")
   "$DERMAE" train "${SET[@]}"
   "$DERMAE" distill "${SET[@]}"
