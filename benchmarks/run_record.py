@@ -25,7 +25,7 @@ TIME_FIELDS = {
     "exit_status": re.compile(r"Exit status: (\d+)"),
 }
 PIPELINE = re.compile(r"\[dermae\] pipeline finished in (\d+) s")
-THREADS = re.compile(r"dermae: (\d+) torch thread\(s\) \(([^)]*)\)")
+THREADS = re.compile(r"dermae: (\d+) torch thread\(s\) \((.*)\)[ \t]*$", re.MULTILINE)
 
 
 def clock_seconds(text: str) -> float:

@@ -49,6 +49,12 @@ def test_time_log_values() -> None:
     }
 
 
+def test_automatic_thread_reason_keeps_its_inner_parentheses() -> None:
+    log = TIME_LOG.replace("(DERMAE_THREADS)", "(auto: 2 usable CPUs, ~0 busy, 1 process(es))")
+    timing = _load("run_record").parse_time_log(log)
+    assert timing["torch_threads"] == "2 (auto: 2 usable CPUs, ~0 busy, 1 process(es))"
+
+
 def test_log_without_time_output_is_refused() -> None:
     with pytest.raises(ValueError, match="/usr/bin/time -v"):
         _load("run_record").parse_time_log("[dermae] pipeline finished in 5 s\n")
