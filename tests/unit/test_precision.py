@@ -63,3 +63,15 @@ def test_config_names_a_bad_precision():
     with pytest.raises(ConfigError, match="sample.mixed_precision.*fp16"):
         load_config(None, ["sample.mixed_precision=fp16"])
     assert load_config(None, ["ldm.train.mixed_precision=auto"]).ldm.train.mixed_precision == "auto"
+
+
+def test_training_says_which_precision_auto_chose(cpu_bf16, tmp_path, capsys):
+    from dermae.config import TrainConfig
+    from dermae.engine.loop import fit
+    from tests.helpers.tiny_fit import PointsDataset, RegressionTask
+
+    cpu_bf16(False)
+    cfg = TrainConfig(max_steps=2, batch_size=8, mixed_precision="auto", log_every=1)
+    result = fit(RegressionTask(), PointsDataset(), cfg, tmp_path / "auto", resume=False)
+    assert result.step == 2
+    assert "[train] mixed precision: no (auto)" in capsys.readouterr().out

@@ -291,6 +291,8 @@ def fit(
         gradient_accumulation_steps=cfg.grad_accum,
         cpu=not torch.cuda.is_available(),
     )
+    if cfg.mixed_precision == "auto":  # say what ran: it differs between machines
+        accelerator.print(f"[{desc}] mixed precision: {precision} (auto)")
     # Own stream per process (seed + rank); the model was built (and seeded) by the caller.
     seed_everything(seed, device_specific=True)
     trainable = _resolve_model(task, model)
