@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from pathlib import Path
 import timm
 import torch
 
+from bench_inference import cpu_name  # benchmarks/ is on sys.path when run as a script
 from dermae.config import LDMConfig
 from dermae.engine.precision import cpu_has_native_bf16
 from dermae.synth.ldm import build_unet
@@ -62,16 +62,6 @@ def time_steps(build: Callable, bf16: bool, steps: int) -> list[float]:
         opt.step()
         times.append(time.perf_counter() - start)
     return times[1:]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

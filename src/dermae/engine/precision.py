@@ -2,8 +2,8 @@
 
 bf16 pays only where the hardware multiplies in bf16: on a CPU with AMX (or AVX-512 BF16) it
 made ViT-S and resnet steps 1.3-2.2x faster, but on an AVX2-only CPU (AMD EPYC, measured) a
-resnet10t step was 20x slower, because every bf16 op is emulated (BENCHMARKS.md,
-"Precision"). `auto` therefore picks bf16 only where it is native.
+resnet10t step was 23x slower, because every bf16 op is emulated (BENCHMARKS.md §18).
+`auto` therefore picks bf16 only where it is native.
 """
 
 from __future__ import annotations
