@@ -8,12 +8,14 @@
 #   bash benchmarks/cpu_full_followups.sh kd 1.0 sampler-fix    # section 15, row 3
 #   bash benchmarks/cpu_full_followups.sh ldm 0.5 sqrt          # section 16
 #   bash benchmarks/cpu_full_followups.sh patient 1800 1800     # (b) and (d) at 1,800 steps
+#   bash benchmarks/cpu_full_followups.sh seed 1 1               # (b) and (d) reseeded, both
+#                                         checkpoint rules scored (benchmarks/selection_probe.py)
 # The same on another finished run: SRC names its folder, CONFIG its config, e.g.
 #   SRC=runs/demo CONFIG=configs/demo.yaml bash benchmarks/cpu_full_followups.sh ldm-steps 3200 3200
 set -euo pipefail
 KIND=${1:-} VALUE=${2:-} NAME=${3:-}
-case "$KIND" in kd|ldm|ldm-steps|patient) ;;
-  *) echo "usage: $0 kd|ldm|ldm-steps|patient VALUE NAME" >&2; exit 2 ;; esac
+case "$KIND" in kd|ldm|ldm-steps|patient|seed) ;;
+  *) echo "usage: $0 kd|ldm|ldm-steps|patient|seed VALUE NAME" >&2; exit 2 ;; esac
 SRC=${SRC:-runs/cpu-full}
 CONFIG=${CONFIG:-configs/cpu-full.yaml}
 DERMAE=${DERMAE:-.venv/bin/dermae}
@@ -57,5 +59,18 @@ elif [ "$KIND" = patient ]; then
   "$DERMAE" train "${SET[@]}"
   "$DERMAE" distill "${SET[@]}"
   "$DERMAE" ablate "${SET[@]}"
+elif [ "$KIND" = seed ]; then
+  # Same teacher and filtered synthetic images; (b) and the student train with seed VALUE
+  # (weights, data order, augmentation), and each is scored at its best-by-validation
+  # checkpoint and at its last step. The reseeded (b) is also the ensemble's CNN member.
+  cp -r "$SRC/data" "$SRC/teacher" "$DST/"
+  marks prepare vae ldm sample synth_quality pretrain finetune
+  SET=(-c "$CONFIG" --run-dir "$DST" --set "baseline.train.seed=$VALUE"
+       --set "distill.train.seed=$VALUE")
+  "$DERMAE" train "${SET[@]}"
+  "$DERMAE" distill "${SET[@]}"
+  "$(dirname "$DERMAE")/python" benchmarks/selection_probe.py "$DST" "${SET[@]:0:2}" \
+    --set "baseline.train.seed=$VALUE" --set "distill.train.seed=$VALUE" \
+    --out "benchmarks/results/$(basename "$SRC")_selection_seed$VALUE.json"
 fi
 uptime
