@@ -67,6 +67,9 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0  # steps; 0 = at the end of every epoch
     ckpt_every: int = 0  # steps; 0 = at the end of every epoch
+    # Which weights a validated stage keeps: best = the best validation score among the
+    # evaluations, last = the final step's (validation is still logged; see engine/loop.py).
+    select: str = "best"
     seed: int | None = None  # None: the top-level `seed` (set it here to override one stage)
 
 
@@ -535,6 +538,7 @@ def validate_config(cfg: Config) -> None:
         train = getattr(stage, "train", None)
         if isinstance(train, TrainConfig):
             _check_choice(f"{f.name}.train.mixed_precision", train.mixed_precision, PRECISIONS)
+            _check_choice(f"{f.name}.train.select", train.select, SELECT_RULES)
         if isinstance(train, TrainConfig) and train.epochs == 0 and train.max_steps == 0:
             raise ConfigError(
                 f"config keys '{f.name}.train.epochs' and '{f.name}.train.max_steps' are both 0, "
@@ -574,6 +578,7 @@ def validate_config(cfg: Config) -> None:
 
 CLASS_LOSSES = ("ce", "weighted_ce", "balanced_sampler")
 PRECISIONS = ("auto", "no", "bf16", "fp16")  # engine/precision.py resolves auto
+SELECT_RULES = ("best", "last")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

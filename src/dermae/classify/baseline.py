@@ -90,7 +90,9 @@ def _best_simple_fix(
             synthetic_ratio,
             resume,
         )
-        scores[loss] = float((load_config_json(folder).get("best") or {}).get("score", -1.0))
+        saved = load_config_json(folder)
+        # The validation score of the weights kept (`train.select`); older folders: "best".
+        scores[loss] = float((saved.get("selected") or saved.get("best") or {}).get("score", -1.0))
     best = max(scores, key=scores.get)
     model, config = load_classifier(Path(run_dir) / stage / best / "model")
     choice = {"chosen": best, "val_balanced_accuracy": scores, "rule": "better on validation"}

@@ -95,7 +95,8 @@ def train_classifier(
     """Train the classifier `make_task(setup).model` into `<run_dir>/<stage>/`.
 
     Writes `<stage>/train/` (the loop's log and resumable state) and `<stage>/model/` (the
-    best-by-validation classifier with thresholds chosen on validation). `upstream`: model
+    classifier `train.select` keeps, best-by-validation or last step, with thresholds chosen
+    on validation). `upstream`: model
     folders the task builds on (an encoder, a teacher); a checkpoint made on other upstream
     weights is not resumed.
     """
@@ -145,13 +146,14 @@ def train_classifier(
         num_workers=cfg.data.num_workers,
         upstream=upstream or [],
     )
-    model: Classifier = result.task.model  # best-by-val weights
+    model: Classifier = result.task.model  # the weights `train.select` chose
     extra = attach_thresholds(model, val_set, view, cfg.evaluate.specificities)
     extra = {
         **extra,
         "loss": recipe.loss,
         "train_rows": train_rows,
         "best": result.best,
+        "selected": result.selected,
         **(extra_config or {}),
     }
     model_dir = save_classifier(run_dir / stage / "model", model, extra)

@@ -237,6 +237,7 @@ def distill(
         "teacher_cache_seconds": round(cache_seconds, 2),
         "steps": trained.result.step,
         "best": trained.result.best,
+        "selected": trained.result.selected,
     }
     (run_dir / stage / STATS_FILE).write_text(json.dumps(stats, indent=2))
     return model_dir

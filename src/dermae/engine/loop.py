@@ -18,6 +18,11 @@ caller's `run_config`; the training data; the model's architecture; `upstream` a
 matches this call's; otherwise the loop says why in one line and trains afresh. A damaged
 checkpoint is a `CheckpointError` naming the file, never a torch traceback.
 
+With a `select_metric`, every evaluation that beats the best score so far writes `best/`;
+`TrainConfig.select` says which weights the loop hands back: `best` (those) or `last` (the
+final step's). A short budget on a small validation split makes the best of a few noisy
+evaluations a noisy pick (BENCHMARKS.md section 20), so the demo and cpu-full keep the last.
+
 Under DDP the epoch order is shared, but every process has its own RNG stream (seed +
 process index: its own augmentations, masks, noise) and saves and restores its own state.
 """
@@ -72,8 +77,9 @@ from dermae.engine.precision import resolve_precision
 CHECKPOINT_DIR = "checkpoint"
 BEST_DIR = "best"
 METRICS_FILE = "metrics.jsonl"
-# TrainConfig keys that change bookkeeping only, not the weights: resume across them.
-BOOKKEEPING_KEYS = ("log_every", "ckpt_every")
+# TrainConfig keys that change bookkeeping only, not the weights: resume across them
+# (`select` too: both the best and the last weights are always kept).
+BOOKKEEPING_KEYS = ("log_every", "ckpt_every", "select")
 
 
 @dataclass
@@ -84,6 +90,9 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
     seconds: float = 0.0
+    # The weights `task` holds: {"rule": best | last, "step", "metric", "score"}; None when
+    # nothing was validated on `select_metric`.
+    selected: dict[str, Any] | None = None
 
 
 def train_seed(cfg: TrainConfig) -> int:
@@ -319,7 +328,7 @@ def fit(
 
     metrics_path = out_dir / METRICS_FILE
     ckpt_dir = out_dir / CHECKPOINT_DIR
-    step, best = 0, None
+    step, best, last_eval = 0, None, None
     fingerprint = make_fingerprint(
         cfg, trainable, train_dataset, run_config, layer_decay, data_hash, upstream
     )
@@ -339,6 +348,7 @@ def fit(
             ) from err
         if resumed:
             step, best = progress["step"], progress.get("best")
+            last_eval = progress.get("last_eval")
             if not rng_restored:  # more processes than when it was saved
                 seed_everything(seed + step, device_specific=True)
             _truncate_jsonl(metrics_path, step)
@@ -366,11 +376,12 @@ def fit(
         tmp = atomic_dir(ckpt_dir)
         write_model_files(tmp, _weights_of(trainable), stage_config)
         extra = {"ema": _weights_of(ema.module)} if ema is not None else None
-        save_training_state(tmp, optimizer, {"step": step, "best": best}, extra, rng_states)
+        progress = {"step": step, "best": best, "last_eval": last_eval}
+        save_training_state(tmp, optimizer, progress, extra, rng_states)
         replace_dir(tmp, ckpt_dir)  # rank 0 alone: no collective here
 
     def run_eval() -> dict[str, float]:
-        nonlocal best
+        nonlocal best, last_eval
         eval_model = task
         backup = None
         if ema is not None:  # evaluate with EMA weights, then put the raw ones back
@@ -381,6 +392,12 @@ def fit(
         with torch.no_grad(), accelerator.autocast():
             scores = evaluate(eval_model) if evaluate else {}
         eval_model.train(was_training)
+        if select_metric in scores:
+            last_eval = {
+                "step": step,
+                "score": float(scores[select_metric]),
+                "metric": select_metric,
+            }
         improved = select_metric in scores and (
             best is None or scores[select_metric] > best["score"]
         )
@@ -468,8 +485,13 @@ def fit(
     accelerator.wait_for_everyone()
     if ema is not None:
         trainable.load_state_dict(ema.module.state_dict())
-    if select_metric and best is not None and (out_dir / BEST_DIR).exists():
-        load_weights(out_dir / BEST_DIR, _weights_of(trainable))
+    selected = None
+    if cfg.select == "best" and select_metric and best is not None:
+        if (out_dir / BEST_DIR).exists():
+            load_weights(out_dir / BEST_DIR, _weights_of(trainable))
+            selected = {"rule": "best", **best}
+    elif cfg.select == "last" and last_eval is not None and last_eval["step"] == step:
+        selected = {"rule": "last", **last_eval}
     task = accelerator.unwrap_model(prepared_task)
     task.eval()
     return FitResult(
@@ -479,4 +501,5 @@ def fit(
         history=history,
         best=best,
         seconds=time.time() - started,
+        selected=selected,
     )

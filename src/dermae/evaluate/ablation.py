@@ -73,6 +73,10 @@ LABELS = {key: label for key, label in VARIANTS.values()} | {
     name: label for name, (_, label) in TEACHERS.items()
 }
 REFERENCE = "b_simple_fix"
+CHECKPOINT_RULES = {
+    "best": "its best validation balanced accuracy among the evaluations",
+    "last": "its last step's weights",
+}
 
 
 def student_recipe(cfg: Config, loss: str) -> BaselineConfig:
@@ -321,6 +325,7 @@ def ablate(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
         "split": cfg.evaluate.split,
         "student_arch": cfg.distill.model,
         "budget": dataclasses.asdict(cfg.distill.train),
+        "checkpoint_rule": cfg.distill.train.select,
         "reference": REFERENCE,
         "models": {k: str(v) for k, v in models.items()},
         "notes": notes,
@@ -349,6 +354,12 @@ def ablation_markdown(summary: dict[str, Any]) -> str:
     sizes = summary["notes"].get("sizes")
     if sizes:
         lines.append(size_line(sizes))
+    rule = summary.get("checkpoint_rule")
+    if rule:
+        kept = CHECKPOINT_RULES.get(rule, rule)
+        lines.append(
+            f"Checkpoint: every student variant keeps {kept} (distill.train.select={rule})."
+        )
     for set_name, paired in (summary.get("external_paired_bootstrap") or {}).items():
         lines += [
             "",
