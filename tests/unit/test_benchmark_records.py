@@ -125,3 +125,36 @@ def test_ablation_table_copies_values() -> None:
     assert "+0.050 (+0.010 to +0.090)" in dermae_row
     assert "-0.004 (-0.020 to +0.012)" in dermae_row
     assert dermae_row.endswith("| — |")  # no sensitivity comparison recorded
+
+
+def _probe(seed: int, d_best: float, d_last: float) -> dict:
+    entry = {"diff": 0.0, "ci": [-0.01, 0.01]}
+    return {
+        "seeds": {"b": seed, "d": seed},
+        "best_by_validation": {"b": {"step": 330}, "d": {"step": 220}},
+        "test": {
+            "b_best": {"balanced_accuracy": 0.5},
+            "b_last": {"balanced_accuracy": 0.5},
+            "d_best": {"balanced_accuracy": 0.5 + d_best},
+            "d_last": {"balanced_accuracy": 0.5 + d_last},
+        },
+        "d_minus_b": {
+            rule: {
+                "balanced_accuracy": {"diff": diff, "ci": [diff - 0.02, diff + 0.02]},
+                "malignant_auroc": entry,
+                "macro_auroc": entry,
+            }
+            for rule, diff in (("best", d_best), ("last", d_last))
+        },
+    }
+
+
+def test_selection_table_rows_and_seed_means() -> None:
+    table = _load("selection_table")
+    summaries = [_probe(0, -0.05, 0.0), _probe(1, 0.03, 0.02)]
+    lines = table.rows(summaries)
+    assert lines[2].startswith("| 0 | best | 330 | 220 | 0.500 | 0.450 | -0.050 (-0.070 to -0.030)")
+    assert lines[3].startswith("| 0 | last | last | last | 0.500 | 0.500 | +0.000")
+    best, last = table.means(summaries)
+    assert "(d) − (b) -0.010 ± 0.057" in best  # mean of -0.05, +0.03; SD 0.0566
+    assert "(d) − (b) +0.010 ± 0.014" in last
