@@ -13,6 +13,7 @@ from dermae.config import ConfigError, TrainConfig, load_config
 from dermae.engine.checkpoint import load_weights
 from dermae.engine.loop import fit
 from dermae.evaluate.ablation import ablation_markdown
+from dermae.evaluate.summary import ablation_section
 from tests.helpers.tiny_fit import PointsDataset, RegressionTask
 
 CFG = TrainConfig(max_steps=6, batch_size=8, lr=5e-2, log_every=1, eval_every=2, seed=0)
@@ -115,3 +116,20 @@ def test_ablation_report_says_which_checkpoint_every_variant_keeps():
     text = ablation_markdown(summary)
     assert "Checkpoint: every student variant keeps its last step's weights" in text
     assert "distill.train.select=last" in text
+
+
+def test_run_report_states_the_checkpoint_rule(tmp_path):
+    summary = {
+        "student_arch": "resnet10t",
+        "split": "test",
+        "verdict": "- d - b: +0.002",
+        "notes": {},
+        "table": [],
+        "results": {},
+        "paired_bootstrap": {},
+        "checkpoint_rule": "last",
+    }
+    (tmp_path / "ablate").mkdir()
+    (tmp_path / "ablate" / "ablation.json").write_text(json.dumps(summary))
+    section = ablation_section(tmp_path)
+    assert any("keeps its last step's weights" in p for p in section.paragraphs)

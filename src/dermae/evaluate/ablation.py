@@ -354,12 +354,8 @@ def ablation_markdown(summary: dict[str, Any]) -> str:
     sizes = summary["notes"].get("sizes")
     if sizes:
         lines.append(size_line(sizes))
-    rule = summary.get("checkpoint_rule")
-    if rule:
-        kept = CHECKPOINT_RULES.get(rule, rule)
-        lines.append(
-            f"Checkpoint: every student variant keeps {kept} (distill.train.select={rule})."
-        )
+    if summary.get("checkpoint_rule"):
+        lines.append(checkpoint_line(summary["checkpoint_rule"]))
     for set_name, paired in (summary.get("external_paired_bootstrap") or {}).items():
         lines += [
             "",
@@ -385,6 +381,11 @@ def ablation_markdown(summary: dict[str, Any]) -> str:
                 f"share of resamples where it beats (b) = {better:.2f}"
             )
     return "\n".join(lines) + "\n"
+
+
+def checkpoint_line(rule: str) -> str:
+    kept = CHECKPOINT_RULES.get(rule, rule)
+    return f"Checkpoint: every student variant keeps {kept} (distill.train.select={rule})."
 
 
 def size_line(sizes: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from dermae.config import Config
 from dermae.data.prepared import accepted_synthetic
-from dermae.evaluate.ablation import size_line
+from dermae.evaluate.ablation import checkpoint_line, size_line
 from dermae.evaluate.plots import plot_class_counts, plot_loss_curves
 from dermae.evaluate.report import Section, format_ci, metrics_table, render_report
 from dermae.layout import RunLayout
@@ -297,6 +297,8 @@ def ablation_section(run_dir: Path) -> Section | None:
     ]
     if summary.get("notes", {}).get("sizes"):
         paragraphs.append(size_line(summary["notes"]["sizes"]))
+    if summary.get("checkpoint_rule"):
+        paragraphs.append(checkpoint_line(summary["checkpoint_rule"]))
     tables = [
         {"rows": _paired_rows(summary), "caption": "Paired difference from (b) (95% CI)"},
         {"rows": summary["table"], "caption": "Value (95% CI)"},
