@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from dermae.evaluate.report import (
     metrics_table,
     render_report,
 )
+from dermae.evaluate.summary import metrics_section
 
 
 class Links(HTMLParser):
@@ -157,3 +159,25 @@ def test_data_section_counts_only_accepted_synthetic_images(tmp_path: Path) -> N
     assert rows["mel"]["train after balancing"] == 2
     assert rows["nv"]["train after balancing"] == 2
     assert any("3 images had no lesion id" in p for p in section.paragraphs)
+
+
+def test_report_finds_plots_of_a_moved_run(tmp_path):
+    # metrics.json records plot paths relative to the cwd it ran in; the report must look
+    # beside metrics.json instead, so a copied run dir renders.
+    folder = tmp_path / "evaluate" / "student"
+    folder.mkdir(parents=True)
+    (folder / "confusion.png").write_bytes(b"png")
+    result = {
+        "arch": "resnet10t",
+        "n_images": 4,
+        "n_lesions": 3,
+        "bootstrap": {"resamples": 10},
+        "scalars": {"balanced_accuracy": 0.5},
+        "ci95": {},
+        "metrics": {"per_class": {}},
+        "subgroups": [],
+        "plots": {"confusion": "runs/elsewhere/evaluate/student/confusion.png"},
+    }
+    (folder / "metrics.json").write_text(json.dumps(result))
+    details = metrics_section(tmp_path)[1]
+    assert [Path(p) for p in details.images] == [folder / "confusion.png"]

@@ -222,7 +222,10 @@ def metrics_section(run_dir: Path) -> list[Section]:
             for c, v in result["metrics"]["per_class"].items()
         ]
         subgroups = [{k: v for k, v in row.items()} for row in result["subgroups"]]
-        plots = [Path(p) for p in result["plots"].values()]
+        # Plots lie beside metrics.json; the recorded path is relative to the cwd it ran in,
+        # so a moved or copied run dir (or another cwd) would not find them.
+        folder = RunLayout(run_dir).evaluate / name
+        plots = [folder / Path(p).name for p in result["plots"].values()]
         sections.append(
             Section(
                 f"{MODEL_LABELS[name]}: details",
