@@ -21,7 +21,7 @@ checkpoint is a `CheckpointError` naming the file, never a torch traceback.
 With a `select_metric`, every evaluation that beats the best score so far writes `best/`;
 `TrainConfig.select` says which weights the loop hands back: `best` (those) or `last` (the
 final step's). A short budget on a small validation split makes the best of a few noisy
-evaluations a noisy pick (BENCHMARKS.md section 20), so the demo and cpu-full keep the last.
+evaluations a noisy pick (BENCHMARKS.md section 20), so the demo keeps the last.
 
 Under DDP the epoch order is shared, but every process has its own RNG stream (seed +
 process index: its own augmentations, masks, noise) and saves and restores its own state.
