@@ -158,3 +158,21 @@ def test_selection_table_rows_and_seed_means() -> None:
     best, last = table.means(summaries)
     assert "(d) − (b) -0.010 ± 0.057" in best  # mean of -0.05, +0.03; SD 0.0566
     assert "(d) − (b) +0.010 ± 0.014" in last
+
+
+def test_teacher_ensemble_probe_averages_log_probabilities() -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    probe = _load("teacher_ensemble_probe")
+    data = SimpleNamespace(class_names=["nv", "mel"], malignant_index=[1])
+    targets = np.array([0, 1, 0, 1])
+    # Member a is right on images 0-1 and 3; member b on 1-3. Their geometric mean is right on
+    # all four (image 0: a is sure, b barely wrong; image 2: the reverse).
+    a = np.log(np.array([[0.95, 0.05], [0.2, 0.8], [0.4, 0.6], [0.3, 0.7]]))
+    b = np.log(np.array([[0.45, 0.55], [0.3, 0.7], [0.9, 0.1], [0.2, 0.8]]))
+    assert probe.scores([a], targets, data)["balanced_accuracy"] == 0.75
+    both = probe.scores([a, b], targets, data)
+    assert both["balanced_accuracy"] == 1.0
+    assert both["malignant_auroc"] == 1.0
