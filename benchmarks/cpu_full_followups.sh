@@ -10,12 +10,15 @@
 #   bash benchmarks/cpu_full_followups.sh patient 1800 1800     # (b) and (d) at 1,800 steps
 #   bash benchmarks/cpu_full_followups.sh seed 1 1               # (b) and (d) reseeded, both
 #                                         checkpoint rules scored (benchmarks/selection_probe.py)
+#   EXTRA=runs/demo-seed-1/selection_probe/b_last_model \
+#     bash benchmarks/cpu_full_followups.sh kd-extra 0 seed0     # the student (seed VALUE) from
+#                                         distill.teachers plus the classifier folder EXTRA
 # The same on another finished run: SRC names its folder, CONFIG its config, e.g.
 #   SRC=runs/demo CONFIG=configs/demo.yaml bash benchmarks/cpu_full_followups.sh ldm-steps 3200 3200
 set -euo pipefail
 KIND=${1:-} VALUE=${2:-} NAME=${3:-}
-case "$KIND" in kd|ldm|ldm-steps|patient|seed) ;;
-  *) echo "usage: $0 kd|ldm|ldm-steps|patient|seed VALUE NAME" >&2; exit 2 ;; esac
+case "$KIND" in kd|ldm|ldm-steps|patient|seed|kd-extra) ;;
+  *) echo "usage: $0 kd|ldm|ldm-steps|patient|seed|kd-extra VALUE NAME" >&2; exit 2 ;; esac
 SRC=${SRC:-runs/cpu-full}
 CONFIG=${CONFIG:-configs/cpu-full.yaml}
 DERMAE=${DERMAE:-.venv/bin/dermae}
@@ -72,5 +75,20 @@ elif [ "$KIND" = seed ]; then
   "$(dirname "$DERMAE")/python" benchmarks/selection_probe.py "$DST" "${SET[@]:0:2}" \
     --set "baseline.train.seed=$VALUE" --set "distill.train.seed=$VALUE" \
     --out "benchmarks/results/$(basename "$SRC")_selection_seed$VALUE.json"
+elif [ "$KIND" = kd-extra ]; then
+  # SRC's data, ViT teacher and (b); the student (seed VALUE) learns from the ensemble plus one
+  # more classifier, EXTRA, then (b) and it are paired. A (b) that the selection probe scored
+  # at its last step is used at that step (the demo's `select: last`).
+  : "${EXTRA:?set EXTRA to the folder of the extra teacher classifier}"
+  cp -r "$SRC/data" "$SRC/teacher" "$SRC/baseline" "$DST/"
+  if [ -d "$SRC/selection_probe/b_last_model" ]; then
+    rm -rf "$DST/baseline/model" && cp -r "$SRC/selection_probe/b_last_model" "$DST/baseline/model"
+  fi
+  marks prepare baseline vae ldm sample synth_quality pretrain finetune
+  SET=(-c "$CONFIG" --run-dir "$DST" --set "distill.teachers=[teacher,baseline,$EXTRA]"
+       --set "distill.train.seed=$VALUE" --set "baseline.train.seed=$VALUE"
+       --set "ablate.variants=[b,d]")
+  "$DERMAE" distill "${SET[@]}"
+  "$DERMAE" ablate "${SET[@]}"
 fi
 uptime
