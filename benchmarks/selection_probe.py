@@ -24,9 +24,11 @@ import pandas as pd
 from dermae.classify.common import target_view
 from dermae.classify.model import load_classifier
 from dermae.classify.thresholds import attach_thresholds
+from dermae.classify.trainer import SELECT_METRIC
 from dermae.config import Config, load_config
-from dermae.data.prepared import load_prepared
+from dermae.data.prepared import PreparedData, load_prepared
 from dermae.engine.checkpoint import load_weights, save_model
+from dermae.engine.loop import METRICS_FILE
 from dermae.evaluate.ablation import REFERENCE, paired_against_reference
 from dermae.evaluate.run import evaluate_model
 
@@ -34,18 +36,27 @@ STAGES = {"b": "baseline", "d": "student"}
 KEYS = ("balanced_accuracy", "malignant_auroc", "macro_auroc")
 
 
-def last_step_model(cfg: Config, run_dir: Path, stage: str, out: Path) -> Path:
-    """`<stage>/model`'s config with the last checkpoint's weights and val thresholds."""
+def last_step_model(
+    cfg: Config, prepared: PreparedData, run_dir: Path, stage: str, out: Path
+) -> Path:
+    """`<stage>/model`'s config with the last checkpoint's weights and val thresholds; its
+    `selected` entry is the one `train.select: last` would have written."""
     model, config = load_classifier(run_dir / stage / "model")
-    load_weights(run_dir / stage / "train" / "checkpoint", model.net)
+    checkpoint = run_dir / stage / "train" / "checkpoint"
+    load_weights(checkpoint, model.net)
     model.eval()
-    prepared = load_prepared(run_dir, with_synthetic=False)
     view = target_view(prepared, cfg.data.label)
     val_set = prepared.dataset(prepared.rows("val"))
     extra = attach_thresholds(model, val_set, view, cfg.evaluate.specificities)
-    state = json.loads((run_dir / stage / "train" / "checkpoint" / "config.json").read_text())
-    config = {**config, **extra, "best": None, "selected": f"last ({state['train']['max_steps']})"}
-    return save_model(out, model.net, config)
+    last = _last_eval(checkpoint.parent / METRICS_FILE)
+    return save_model(out, model.net, {**config, **extra, "selected": {"rule": "last", **last}})
+
+
+def _last_eval(metrics: Path) -> dict[str, Any]:
+    """The final validation record of a training log, as the loop's `selected` holds it."""
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    final = [r for r in records if f"val_{SELECT_METRIC}" in r][-1]
+    return {"step": final["step"], "score": final[f"val_{SELECT_METRIC}"], "metric": SELECT_METRIC}
 
 
 def _diffs(comparisons: dict[str, Any]) -> dict[str, Any]:
@@ -59,7 +70,9 @@ def probe(cfg: Config, run_dir: Path) -> dict[str, Any]:
     folders = {}
     for key, stage in STAGES.items():
         folders[f"{key}_best"] = run_dir / stage / "model"
-        folders[f"{key}_last"] = last_step_model(cfg, run_dir, stage, out / f"{key}_last_model")
+        folders[f"{key}_last"] = last_step_model(
+            cfg, prepared, run_dir, stage, out / f"{key}_last_model"
+        )
     results, predictions = {}, {}
     for name, folder in folders.items():
         results[name] = evaluate_model(
