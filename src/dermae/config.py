@@ -178,6 +178,10 @@ class DistillConfig:
     # Folders of the run dir holding teacher classifiers; two or more are distilled as an
     # ensemble (mean log-probabilities), saved in teacher_ensemble/model.
     teachers: tuple[str, ...] = ("teacher",)
+    # Extra seeds of the baseline (b) recipe, trained by the `baseline_seeds` stage; where
+    # `baseline` is a teacher, they join the ensemble beside it (BENCHMARKS section 21: a second
+    # CNN raised the demo teacher from 0.496 to 0.513 on validation). (b) itself stays one model.
+    baseline_seeds: int = 0
     # False (consistent KD): the teacher sees the student's augmented view every step.
     # True: teacher run once on un-augmented train images (faster, inconsistent targets).
     cache_teacher_logits: bool = False
@@ -571,6 +575,12 @@ def validate_config(cfg: Config) -> None:
     _check_choice("distill.loss", cfg.distill.loss, (*CLASS_LOSSES, "baseline"))
     for i, variant in enumerate(cfg.ablate.variants):
         _check_choice(f"ablate.variants[{i}]", variant, ("a", "b", "c", "d", "e", "f"))
+    if cfg.distill.baseline_seeds > 0 and "baseline" not in cfg.distill.teachers:
+        raise ConfigError(
+            f"config key 'distill.baseline_seeds' is {cfg.distill.baseline_seeds}, but "
+            f"distill.teachers {list(cfg.distill.teachers)} has no 'baseline' for the extra "
+            "seeds to join: add 'baseline' to distill.teachers, or set baseline_seeds to 0"
+        )
     _check_choice("sample.filter", cfg.sample.filter, ("none", "classifier"))
     _check_choice("sample.mixed_precision", cfg.sample.mixed_precision, ("auto", "no", "bf16"))
     _check_model_names(cfg)

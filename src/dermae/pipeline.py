@@ -62,6 +62,13 @@ STAGES: tuple[Stage, ...] = (
         ("prepare",),
         "plain classifier on real data",
     ),
+    Stage(
+        "baseline_seeds",
+        "dermae.classify.baseline:train_baseline_seeds",
+        ("baseline", "distill.baseline_seeds", THRESHOLDS),
+        ("baseline",),
+        "more seeds of the baseline, as teacher members",
+    ),
     Stage("vae", "dermae.synth.vae:train_vae", ("vae",), ("prepare",), "latent autoencoder"),
     Stage("ldm", "dermae.synth.ldm:train_ldm", ("ldm",), ("vae",), "class-conditioned UNet"),
     Stage(
@@ -96,7 +103,8 @@ STAGES: tuple[Stage, ...] = (
         "distill",
         "dermae.distill.train:distill",
         ("distill", THRESHOLDS),
-        ("finetune", "baseline"),  # the baseline may be a member of the teacher ensemble
+        # the baseline (and its extra seeds) may be members of the teacher ensemble
+        ("finetune", "baseline", "baseline_seeds"),
         "student distillation",
     ),
     Stage(
@@ -111,7 +119,7 @@ STAGES: tuple[Stage, ...] = (
         "dermae.evaluate.ablation:ablate",
         # pretrain and finetune: variants (e) and (f) train other teachers the same way
         ("baseline", "distill", "evaluate", "ablate", "pretrain", "finetune"),
-        ("distill", "baseline"),
+        ("distill", "baseline", "baseline_seeds"),
         "ablation against the plain baseline",
     ),
     Stage(
@@ -133,7 +141,9 @@ STAGE_NAMES = tuple(s.name for s in STAGES)
 # Stages whose training loop runs on every process under torchrun / accelerate launch; the
 # others run on rank 0 while the rest wait.
 STAGE_WAIT = timedelta(hours=12)
-TRAINING_STAGES = frozenset({"baseline", "vae", "ldm", "pretrain", "finetune", "distill", "ablate"})
+TRAINING_STAGES = frozenset(
+    {"baseline", "baseline_seeds", "vae", "ldm", "pretrain", "finetune", "distill", "ablate"}
+)
 
 
 def _distributed() -> PartialState | None:

@@ -71,7 +71,9 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
     paired = ablation["external_paired_bootstrap"]["site"]
     assert "d_dermae - b_simple_fix" in paired
     ensemble = json.loads((run_dir / "teacher_ensemble" / "model" / "config.json").read_text())
-    assert ensemble["arch"] == "ensemble" and len(ensemble["members"]) == 2
+    # ViT teacher, the baseline and its one extra seed (distill.baseline_seeds: 1)
+    assert ensemble["arch"] == "ensemble" and len(ensemble["members"]) == 3
+    assert "baseline_seeds/seed_plus_1" in ensemble["member_sources"][2]
     assert (run_dir / "export" / "model.onnx").exists()
 
     second = _dermae("run", "--set", external, run_dir=run_dir)

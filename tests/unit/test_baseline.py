@@ -61,3 +61,70 @@ def test_balanced_sampler_balances_hard_labelled_rows_and_keeps_soft_rows_at_the
     assert p[:4].sum() == pytest.approx(0.5)  # real rows keep their share of the draws ...
     assert p[:3].sum() == pytest.approx(p[3])  # ... balanced by class among themselves
     np.testing.assert_allclose(p[4:], 1 / 8)  # synthetic rows drawn uniformly
+
+
+def _seeds_config(run_dir, *extra):
+    return load_config(
+        None,
+        [
+            f"run_dir={run_dir}",
+            "baseline.model=resnet10t",
+            "baseline.loss=auto",
+            "baseline.train.max_steps=6",
+            "baseline.train.batch_size=16",
+            "baseline.train.eval_every=6",
+            "distill.teachers=[teacher, baseline]",
+            *extra,
+        ],
+    )
+
+
+def test_extra_baseline_seeds_share_the_chosen_recipe_and_differ_only_by_seed(tmp_path):
+    import json
+
+    import torch
+
+    from dermae.classify.baseline import baseline_seed_dirs, train_baseline_seeds
+    from dermae.distill.train import load_teacher
+
+    make_prepared(tmp_path, n_per_class=12, size=16)
+    cfg = _seeds_config(tmp_path, "distill.baseline_seeds=2")
+    base_dir = train_baseline(cfg, tmp_path)
+    chosen = json.loads((base_dir / "config.json").read_text())["loss"]
+    out = train_baseline_seeds(cfg, tmp_path)
+    record = json.loads((out / "members.json").read_text())
+    assert [m["seed"] for m in record["members"]] == [1, 2]
+    assert record["loss"] == chosen  # auto is not decided again, per seed
+    dirs = baseline_seed_dirs(tmp_path, 2)
+    assert [m["model"] for m in record["members"]] == [str(d) for d in dirs]
+    base = load_classifier(base_dir)[0].state_dict()
+    for folder in dirs:
+        model, config = load_classifier(folder)
+        assert config["loss"] == chosen and config["arch"] == "resnet10t"
+        weights = model.state_dict()
+        assert not torch.equal(weights["net.conv1.0.weight"], base["net.conv1.0.weight"])
+    # `baseline` as a teacher brings its seeds: an ensemble of three, (b) first.
+    teacher, config, path = load_teacher(cfg, tmp_path, ["baseline"], tmp_path / "ens" / "model")
+    assert config["member_sources"] == [str(base_dir), *map(str, dirs)]
+    # Nothing asked, nothing trained, and an empty record.
+    none = train_baseline_seeds(_seeds_config(tmp_path), tmp_path)
+    assert json.loads((none / "members.json").read_text())["members"] == []
+
+
+def test_a_missing_extra_seed_names_its_folder(tmp_path):
+    from dermae.distill.train import load_teacher
+
+    make_prepared(tmp_path, n_per_class=12, size=16)
+    cfg = _seeds_config(tmp_path, "distill.baseline_seeds=1")
+    train_baseline(cfg, tmp_path)
+    with pytest.raises(FileNotFoundError, match="seed_plus_1.*baseline_seeds"):
+        load_teacher(cfg, tmp_path, ["baseline"], tmp_path / "ens" / "model")
+
+
+def test_baseline_seeds_need_a_baseline_teacher():
+    from dermae.config import ConfigError
+
+    with pytest.raises(ConfigError, match="distill.baseline_seeds"):
+        load_config(None, ["distill.teachers=[teacher]", "distill.baseline_seeds=1"])
+    with pytest.raises(ConfigError, match="must not be negative"):
+        load_config(None, ["distill.teachers=[teacher, baseline]", "distill.baseline_seeds=-1"])

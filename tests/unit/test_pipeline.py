@@ -157,3 +157,14 @@ def test_external_sets_and_bootstrap_size_retrain_nothing():
     assert base["evaluate"] != changed["evaluate"] and base["ablate"] != changed["ablate"]
     thresholds = fingerprints(load_config("configs/smoke.yaml", ["evaluate.specificities=[0.8]"]))
     assert base["baseline"] != thresholds["baseline"]
+
+
+def test_extra_baseline_seeds_retrain_the_teacher_side_only():
+    from dermae.config import load_config
+    from dermae.pipeline import fingerprints
+
+    base = fingerprints(load_config("configs/smoke.yaml"))
+    more = fingerprints(load_config("configs/smoke.yaml", ["distill.baseline_seeds=2"]))
+    same = ("prepare", "baseline", "vae", "ldm", "sample", "synth_quality", "pretrain", "finetune")
+    assert all(base[s] == more[s] for s in same)
+    assert all(base[s] != more[s] for s in ("baseline_seeds", "distill", "ablate", "report"))

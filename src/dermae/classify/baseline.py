@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from dermae.classify.common import LOSSES, ClassificationTask, loss_setup
@@ -20,10 +21,14 @@ from dermae.layout import RunLayout
 __all__ = [
     "LOSSES",
     "SIMPLE_FIXES",
+    "baseline_seed_dirs",
     "chosen_loss",
     "loss_setup",
     "train_baseline",
+    "train_baseline_seeds",
 ]
+SEEDS_STAGE = "baseline_seeds"
+SEEDS_FILE = "members.json"
 # The two standard fixes for class imbalance; `loss: auto` trains both and keeps the one with
 # the better validation balanced accuracy (the test split never chooses).
 SIMPLE_FIXES = ("weighted_ce", "balanced_sampler")
@@ -112,3 +117,34 @@ def chosen_loss(run_dir: str | Path, loss: str) -> str:
             "the loss explicitly instead of 'baseline'"
         )
     return used
+
+
+def baseline_seed_dirs(run_dir: str | Path, count: int) -> list[Path]:
+    """The classifier folders of the `count` extra seeds of (b), in seed order."""
+    return [Path(run_dir) / SEEDS_STAGE / f"seed_plus_{k}" / "model" for k in range(1, count + 1)]
+
+
+def train_baseline_seeds(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
+    """Train `distill.baseline_seeds` more copies of (b), seeds `seed + 1`, `seed + 2`, ...
+
+    Same model, loss (the one `baseline/model` was trained with, so `auto` is not re-decided),
+    budget and checkpoint rule as the baseline; only the seed (initialisation, data order,
+    augmentation draws) differs. They are teacher members, never (b): the ablation's reference
+    stays the baseline itself. Returns `<run_dir>/baseline_seeds/` with `members.json`.
+    """
+    count = cfg.distill.baseline_seeds
+    folder = Path(run_dir) / SEEDS_STAGE
+    folder.mkdir(parents=True, exist_ok=True)
+    loss = chosen_loss(run_dir, "baseline") if count else cfg.baseline.loss
+    seed = cfg.baseline.train.seed or 0
+    members = []
+    for k, model_dir in enumerate(baseline_seed_dirs(run_dir, count), start=1):
+        train_cfg = dataclasses.replace(cfg.baseline.train, seed=seed + k)
+        member_cfg = dataclasses.replace(cfg.baseline, loss=loss, train=train_cfg)
+        trained = train_baseline(
+            cfg, run_dir, f"{SEEDS_STAGE}/{model_dir.parent.name}", member_cfg, resume=resume
+        )
+        selected = load_config_json(trained).get("selected") or {}
+        members.append({"model": str(trained), "seed": seed + k, "loss": loss, **selected})
+    (folder / SEEDS_FILE).write_text(json.dumps({"loss": loss, "members": members}, indent=2))
+    return folder

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from dermae.classify.baseline import chosen_loss
+from dermae.classify.baseline import baseline_seed_dirs, chosen_loss
 from dermae.classify.common import target_view
 from dermae.classify.ensemble import build_ensemble
 from dermae.classify.model import (
@@ -111,14 +111,31 @@ def _check_teacher(teacher_config: dict[str, Any], class_names: list[str], where
         )
 
 
+def _seed_member(folder: Path) -> Path:
+    if not (folder / CONFIG_FILE).exists():
+        raise FileNotFoundError(
+            f"no classifier in {folder}, an extra seed of the baseline that distill.baseline_seeds "
+            "asks for: run the pipeline's baseline_seeds stage (`dermae run`), or lower "
+            "distill.baseline_seeds"
+        )
+    return folder
+
+
 def load_teacher(
     cfg: Config, run_dir: Path, teachers: list[str | Path], ensemble_dir: Path
 ) -> tuple[nn.Module, dict[str, Any], Path]:
     """One teacher classifier, or an ensemble of several saved as `ensemble_dir`.
 
-    Each entry of `teachers` is a classifier folder, or a run-dir stage folder holding `model/`.
+    Each entry of `teachers` is a classifier folder, or a run-dir stage folder holding `model/`;
+    the entry `baseline` brings the `distill.baseline_seeds` extra seeds of (b) with it.
     """
-    folders = [resolve_teacher(run_dir, run_dir / t) for t in teachers]
+    folders = []
+    for entry in teachers:
+        folders.append(resolve_teacher(run_dir, run_dir / entry))
+        if str(entry) == "baseline":
+            folders += [
+                _seed_member(d) for d in baseline_seed_dirs(run_dir, cfg.distill.baseline_seeds)
+            ]
     if len(folders) == 1:
         teacher, config = load_classifier(folders[0])
         return teacher, config, folders[0]
