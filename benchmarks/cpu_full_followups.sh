@@ -13,12 +13,14 @@
 #   EXTRA=runs/demo-seed-1/selection_probe/b_last_model \
 #     bash benchmarks/cpu_full_followups.sh kd-extra 0 seed0     # the student (seed VALUE) from
 #                                         distill.teachers plus the classifier folder EXTRA
+#   bash benchmarks/cpu_full_followups.sh kd-seeds 0 0           # the student from an ensemble
+#                                         with VALUE of the run's extra seeds of (b)
 # The same on another finished run: SRC names its folder, CONFIG its config, e.g.
 #   SRC=runs/demo CONFIG=configs/demo.yaml bash benchmarks/cpu_full_followups.sh ldm-steps 3200 3200
 set -euo pipefail
 KIND=${1:-} VALUE=${2:-} NAME=${3:-}
-case "$KIND" in kd|ldm|ldm-steps|patient|seed|kd-extra) ;;
-  *) echo "usage: $0 kd|ldm|ldm-steps|patient|seed|kd-extra VALUE NAME" >&2; exit 2 ;; esac
+case "$KIND" in kd|ldm|ldm-steps|patient|seed|kd-extra|kd-seeds) ;;
+  *) echo "usage: $0 kd|ldm|ldm-steps|patient|seed|kd-extra|kd-seeds VALUE NAME" >&2; exit 2 ;; esac
 SRC=${SRC:-runs/cpu-full}
 CONFIG=${CONFIG:-configs/cpu-full.yaml}
 DERMAE=${DERMAE:-.venv/bin/dermae}
@@ -87,6 +89,15 @@ elif [ "$KIND" = kd-extra ]; then
   marks prepare baseline vae ldm sample synth_quality pretrain finetune
   SET=(-c "$CONFIG" --run-dir "$DST" --set "distill.teachers=[teacher,baseline,$EXTRA]"
        --set "distill.train.seed=$VALUE" --set "baseline.train.seed=$VALUE"
+       --set "ablate.variants=[b,d]")
+  "$DERMAE" distill "${SET[@]}"
+  "$DERMAE" ablate "${SET[@]}"
+elif [ "$KIND" = kd-seeds ]; then
+  # Same data, (b), ViT teacher and extra seeds of (b); the student learns from the ensemble
+  # holding VALUE of those seeds (distill.baseline_seeds=VALUE), then (b) and it are paired.
+  cp -r "$SRC/data" "$SRC/baseline" "$SRC/baseline_seeds" "$SRC/teacher" "$DST/"
+  marks prepare baseline baseline_seeds vae ldm sample synth_quality pretrain finetune
+  SET=(-c "$CONFIG" --run-dir "$DST" --set "distill.baseline_seeds=$VALUE"
        --set "ablate.variants=[b,d]")
   "$DERMAE" distill "${SET[@]}"
   "$DERMAE" ablate "${SET[@]}"

@@ -97,3 +97,18 @@ def test_filter_keeps_recognised_images_that_are_no_near_copies(tmp_path):
     assert write_filter("none", tmp_path, table, fidelity) == {"kind": "none"}
     assert not (tmp_path / "synthetic" / ACCEPTED_FILE).exists()
     assert len(accepted_synthetic(tmp_path, synth)) == 4
+
+
+def test_size_line_names_the_teacher_members():
+    from dermae.evaluate.ablation import size_line
+
+    small = {"arch": "resnet10t", "parameters": 4.9e6, "flops_per_image": 1.8e8}
+    teacher = {"arch": "ensemble", "parameters": 20.1e6, "flops_per_image": 1.23e9}
+    members = ["teacher/model", "baseline/model", "baseline_seeds/seed_plus_1/model"]
+    line = size_line({"student": small, "teacher": {**teacher, "members": members}})
+    assert line.startswith(
+        "Teacher ensemble of 3 (teacher/model, baseline/model, baseline_seeds/seed_plus_1/model): "
+        "20.1 M parameters, 1.23 GFLOPs per image; student resnet10t: 4.9 M, 0.18 GFLOPs."
+    )
+    one = size_line({"student": small, "teacher": {**teacher, "arch": "vit"}})
+    assert one.startswith("Teacher vit: 20.1 M")  # older records have no member list

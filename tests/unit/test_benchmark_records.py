@@ -176,3 +176,48 @@ def test_teacher_ensemble_probe_averages_log_probabilities() -> None:
     both = probe.scores([a, b], targets, data)
     assert both["balanced_accuracy"] == 1.0
     assert both["malignant_auroc"] == 1.0
+
+
+def test_paired_predictions_pairs_against_any_reference(tmp_path: Path) -> None:
+    import numpy as np
+
+    from dermae.data.prepared import load_prepared
+    from tests.helpers.tiny_data import make_prepared
+
+    make_prepared(tmp_path, n_per_class=20, size=8)
+    rows = load_prepared(tmp_path).rows("test").reset_index(drop=True)
+    names = load_prepared(tmp_path).class_names
+    targets = rows["diagnosis"].map({c: i for i, c in enumerate(names)}).to_numpy()
+    right = np.eye(len(names))[targets] * 0.9 + 0.1 / len(names)
+    always_first = np.tile(np.eye(len(names))[0] * 0.9 + 0.1 / len(names), (len(rows), 1))
+
+    def write(name: str, probs: np.ndarray) -> Path:
+        frame = rows[["image_id", "group_id"]].assign(target=targets)
+        for i, c in enumerate(names):
+            frame[f"p_{c}"] = probs[:, i]
+        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+        return tmp_path / f"{name}.csv"
+
+    script = _load("paired_predictions")
+    out = tmp_path / "paired.json"
+    script.main(
+        [
+            str(tmp_path),
+            "--reference",
+            f"first={write('first', always_first)}",
+            "--model",
+            f"right={write('right', right)}",
+            "--model",
+            f"same={write('same', always_first)}",
+            "--resamples",
+            "50",
+            "--out",
+            str(out),
+        ]
+    )
+    result = json.loads(out.read_text())
+    ba = result["paired"]["right - first"]["balanced_accuracy"]
+    assert ba["diff"] == pytest.approx(1 - 1 / len(names))  # 1.0 against 1/K
+    assert result["paired"]["same - first"]["balanced_accuracy"]["diff"] == 0.0
+    with pytest.raises(SystemExit):
+        script.main([str(tmp_path), "--reference", "no-equals-sign", "--model", "a=b"])

@@ -192,10 +192,22 @@ def _teacher_and_student_sizes(run_dir: Path) -> dict[str, Any] | None:
         return None
     stats = json.loads(path.read_text())
     keys = ("parameters", "flops_per_image", "image_size")
+    distilled = load_config_json(RunLayout(run_dir).student_model).get("distilled") or {}
+    members = [_relative(m, run_dir) for m in distilled.get("teacher_members", [])]
     return {
         "student": {"arch": stats["arch"], **{k: stats[k] for k in keys}},
-        "teacher": {"arch": stats["teacher"]["arch"], **{k: stats["teacher"][k] for k in keys}},
+        "teacher": {
+            "arch": stats["teacher"]["arch"],
+            **{k: stats["teacher"][k] for k in keys},
+            "members": members,
+        },
     }
+
+
+def _relative(folder: str, run_dir: Path) -> str:
+    """A teacher member's folder as the run directory names it (baseline/model, ...)."""
+    path = Path(folder)
+    return str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else folder
 
 
 def _recipe_differences(cfg: Config, run_dir: Path, simple_loss: str) -> list[str]:
@@ -390,8 +402,10 @@ def checkpoint_line(rule: str) -> str:
 
 def size_line(sizes: dict[str, Any]) -> str:
     t, s = sizes["teacher"], sizes["student"]
+    members = t.get("members") or []
+    of = f" of {len(members)} ({', '.join(members)})" if len(members) > 1 else ""
     return (
-        f"Teacher {t['arch']}: {t['parameters'] / 1e6:.1f} M parameters, "
+        f"Teacher {t['arch']}{of}: {t['parameters'] / 1e6:.1f} M parameters, "
         f"{t['flops_per_image'] / 1e9:.2f} GFLOPs per image; student {s['arch']}: "
         f"{s['parameters'] / 1e6:.1f} M, {s['flops_per_image'] / 1e9:.2f} GFLOPs."
     )
