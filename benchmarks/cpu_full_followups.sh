@@ -15,12 +15,14 @@
 #                                         distill.teachers plus the classifier folder EXTRA
 #   bash benchmarks/cpu_full_followups.sh kd-seeds 0 0           # the student from an ensemble
 #                                         with VALUE of the run's extra seeds of (b)
+#   bash benchmarks/cpu_full_followups.sh kd-mixup 0.4 0.4       # the student with mixup VALUE
+#                                         (distill.mixup), the run's teacher and (b)
 # The same on another finished run: SRC names its folder, CONFIG its config, e.g.
 #   SRC=runs/demo CONFIG=configs/demo.yaml bash benchmarks/cpu_full_followups.sh ldm-steps 3200 3200
 set -euo pipefail
 KIND=${1:-} VALUE=${2:-} NAME=${3:-}
-case "$KIND" in kd|ldm|ldm-steps|patient|seed|kd-extra|kd-seeds) ;;
-  *) echo "usage: $0 kd|ldm|ldm-steps|patient|seed|kd-extra|kd-seeds VALUE NAME" >&2; exit 2 ;; esac
+case "$KIND" in kd|ldm|ldm-steps|patient|seed|kd-extra|kd-seeds|kd-mixup) ;;
+  *) echo "usage: $0 kd|ldm|ldm-steps|patient|seed|kd-extra|kd-seeds|kd-mixup VALUE NAME" >&2; exit 2 ;; esac
 SRC=${SRC:-runs/cpu-full}
 CONFIG=${CONFIG:-configs/cpu-full.yaml}
 DERMAE=${DERMAE:-.venv/bin/dermae}
@@ -92,13 +94,15 @@ elif [ "$KIND" = kd-extra ]; then
        --set "ablate.variants=[b,d]")
   "$DERMAE" distill "${SET[@]}"
   "$DERMAE" ablate "${SET[@]}"
-elif [ "$KIND" = kd-seeds ]; then
+elif [ "$KIND" = kd-seeds ] || [ "$KIND" = kd-mixup ]; then
   # Same data, (b), ViT teacher and extra seeds of (b); the student learns from the ensemble
-  # holding VALUE of those seeds (distill.baseline_seeds=VALUE), then (b) and it are paired.
+  # holding VALUE of those seeds (kd-seeds: distill.baseline_seeds=VALUE) or from the run's
+  # ensemble with mixup VALUE (kd-mixup: distill.mixup=VALUE), then (b) and it are paired.
   cp -r "$SRC/data" "$SRC/baseline" "$SRC/baseline_seeds" "$SRC/teacher" "$DST/"
   marks prepare baseline baseline_seeds vae ldm sample synth_quality pretrain finetune
-  SET=(-c "$CONFIG" --run-dir "$DST" --set "distill.baseline_seeds=$VALUE"
-       --set "ablate.variants=[b,d]")
+  KEY=distill.baseline_seeds
+  [ "$KIND" = kd-mixup ] && KEY=distill.mixup
+  SET=(-c "$CONFIG" --run-dir "$DST" --set "$KEY=$VALUE" --set "ablate.variants=[b,d]")
   "$DERMAE" distill "${SET[@]}"
   "$DERMAE" ablate "${SET[@]}"
 fi

@@ -189,6 +189,9 @@ class DistillConfig:
     loss: str = "weighted_ce"
     synthetic_ratio: float = 1.0
     synthetic_hard_labels: bool = False  # False: synthetic rows learn from the teacher only
+    # > 0: student and teacher see the same mixup of each batch, lam ~ Beta(mixup, mixup)
+    # (function matching, Beyer et al. 2022); needs the live teacher. 0: off.
+    mixup: float = 0.0
     augment: bool = True
     drop_rate: float = 0.1
     latency_runs: int = 30  # batch-1 CPU timings behind model_stats.json's median latency
@@ -580,6 +583,12 @@ def validate_config(cfg: Config) -> None:
             f"config key 'distill.baseline_seeds' is {cfg.distill.baseline_seeds}, but "
             f"distill.teachers {list(cfg.distill.teachers)} has no 'baseline' for the extra "
             "seeds to join: add 'baseline' to distill.teachers, or set baseline_seeds to 0"
+        )
+    if cfg.distill.mixup > 0 and cfg.distill.cache_teacher_logits:
+        raise ConfigError(
+            "config key 'distill.mixup' needs the live teacher, but "
+            "distill.cache_teacher_logits is true (the cache holds logits of unmixed images): "
+            "set one of them off"
         )
     _check_choice("sample.filter", cfg.sample.filter, ("none", "classifier"))
     _check_choice("sample.mixed_precision", cfg.sample.mixed_precision, ("auto", "no", "bf16"))

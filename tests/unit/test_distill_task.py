@@ -130,3 +130,107 @@ def test_student_and_teacher_must_share_classes():
     other = build_classifier(classifier_config("test_vit", ["a", "b"], ["a"], 16))
     with pytest.raises(ValueError, match="same labels"):
         DistillTask(tiny("test_vit", 16), other)
+
+
+class _Recorder(torch.nn.Module):
+    """A teacher stub: fixed logits, and it keeps the images it was shown."""
+
+    def __init__(self, logits: torch.Tensor, size: int = 16):
+        super().__init__()
+        self.logits = logits
+        self.config = {"num_classes": logits.shape[1], "image_size": size}
+        self.seen: list[torch.Tensor] = []
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.clone())
+        return self.logits
+
+
+def test_mixup_shows_the_teacher_the_students_blend_and_evaluation_never_mixes():
+    x = images(6)
+    teacher = _Recorder(torch.randn(6, 3, generator=torch.Generator().manual_seed(3)))
+    task = DistillTask(tiny("test_efficientnet", 16), teacher, alpha=0.3, mixup=0.4)
+    task.train()
+    torch.manual_seed(11)
+    out = task(batch_of(x))
+    torch.manual_seed(11)
+    lam = float(torch.distributions.Beta(0.4, 0.4).sample())
+    assert 0 < lam < 1
+    assert torch.allclose(teacher.seen[-1], lam * x + (1 - lam) * x.flip(0))
+    out["loss"].backward()
+    assert all(p.grad is None for p in task.teacher.parameters())
+    task.eval()
+    task(batch_of(x))
+    assert torch.equal(teacher.seen[-1], x)
+
+
+def test_mixup_keeps_each_sides_hard_label_mask():
+    from dermae.distill.losses import kd_terms
+
+    teacher_logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(5))
+    task = DistillTask(
+        _Fixed(),
+        _Recorder(teacher_logits),
+        alpha=0.5,
+        temperature=1.0,
+        mixup=1.0,
+        synthetic_hard_labels=False,
+    )
+    task.train()
+    batch = {**batch_of(images(4)), "synthetic": torch.tensor([0, 0, 0, 1])}
+    torch.manual_seed(4)
+    out = task(batch)
+    torch.manual_seed(4)
+    lam = float(torch.distributions.Beta(1.0, 1.0).sample())
+    logits = task.model(batch["image"])
+    hard = torch.tensor([True, True, True, False])
+    one = kd_terms(logits, teacher_logits, batch["label"], 0.5, 1.0, None, hard)
+    two = kd_terms(logits, teacher_logits, batch["label"].flip(0), 0.5, 1.0, None, hard.flip(0))
+    assert out["ce"] == pytest.approx(float(lam * one["ce"] + (1 - lam) * two["ce"]), rel=1e-6)
+
+
+class _Fixed(torch.nn.Module):
+    """A "student" whose logits do not depend on the image, so a mixed batch gives the same."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = {"num_classes": 3, "image_size": 16}
+        self.bias = torch.nn.Parameter(torch.tensor([0.2, -0.1, 0.4]))
+
+    def forward(self, x):
+        return self.bias.expand(len(x), 3)
+
+
+def test_mixup_loss_is_the_lam_blend_of_both_sides_hard_labels():
+    from dermae.distill.losses import kd_terms
+
+    teacher_logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(5))
+    task = DistillTask(_Fixed(), _Recorder(teacher_logits), alpha=0.5, temperature=1.0, mixup=1.0)
+    task.train()
+    batch = batch_of(images(4))
+    torch.manual_seed(2)
+    out = task(batch)
+    torch.manual_seed(2)
+    lam = float(torch.distributions.Beta(1.0, 1.0).sample())
+    logits = task.model(batch["image"])
+    one = kd_terms(logits, teacher_logits, batch["label"], 0.5, 1.0)
+    two = kd_terms(logits, teacher_logits, batch["label"].flip(0), 0.5, 1.0)
+    assert out["ce"] == pytest.approx(float(lam * one["ce"] + (1 - lam) * two["ce"]), rel=1e-6)
+    assert out["kd"] == pytest.approx(float(one["kd"]), rel=1e-6)
+    blend = float(lam * one["loss"] + (1 - lam) * two["loss"])
+    assert float(out["loss"]) == pytest.approx(blend, rel=1e-6)
+
+
+def test_mixup_refuses_cached_teacher_logits():
+    from dermae.config import ConfigError, load_config
+
+    with pytest.raises(ValueError, match="live teacher"):
+        DistillTask(
+            tiny("test_vit", 16),
+            tiny("test_vit", 16, seed=1),
+            cached_logits=torch.zeros(6, 3),
+            mixup=0.2,
+        )
+    with pytest.raises(ConfigError, match="distill.mixup"):
+        load_config(None, ["distill.mixup=0.2", "distill.cache_teacher_logits=true"])

@@ -208,6 +208,7 @@ def distill(
             setup.class_weights,
             cached,
             synthetic_hard_labels=dcfg.synthetic_hard_labels,
+            mixup=dcfg.mixup,
         )
 
     provenance = {
@@ -219,6 +220,7 @@ def distill(
         "temperature": dcfg.temperature,
         "cache_teacher_logits": dcfg.cache_teacher_logits,
         "synthetic_hard_labels": dcfg.synthetic_hard_labels,
+        "mixup": dcfg.mixup,
     }
     trained = train_classifier(
         cfg,
