@@ -221,3 +221,72 @@ def test_paired_predictions_pairs_against_any_reference(tmp_path: Path) -> None:
     assert result["paired"]["same - first"]["balanced_accuracy"]["diff"] == 0.0
     with pytest.raises(SystemExit):
         script.main([str(tmp_path), "--reference", "no-equals-sign", "--model", "a=b"])
+
+
+def test_seed_study_pairs_means_over_seeds_and_redraws_seeds() -> None:
+    import numpy as np
+
+    from dermae.evaluate.ablation import paired_metric_fn
+
+    k, n = 3, 60
+    y = np.arange(n) % k
+    right = np.eye(k)[y] * 0.9 + 0.1 / k
+    first = np.tile(np.eye(k)[0] * 0.9 + 0.1 / k, (n, 1))
+    metric_fn = paired_metric_fn([2], 15, np.arange(k))
+    script = _load("seed_study")
+    out = script.seed_paired(
+        y,
+        np.arange(n),
+        {"ref": [first, first], "good": [right, right], "mixed": [right, first]},
+        "ref",
+        metric_fn,
+        resamples=200,
+        seed=0,
+    )
+    good = out["good - ref"]["balanced_accuracy"]
+    assert good["diff"] == pytest.approx(1 - 1 / k)
+    assert good["ci_lesion"] == pytest.approx([1 - 1 / k] * 2)  # every resample: 1 against 1/K
+    assert good["ci_lesion_and_seed"] == pytest.approx([1 - 1 / k] * 2)  # the seeds are alike
+    mixed = out["mixed - ref"]["balanced_accuracy"]
+    assert mixed["diff"] == pytest.approx((1 - 1 / k) / 2)  # mean of the two seeds
+    assert mixed["ci_lesion"] == pytest.approx([(1 - 1 / k) / 2] * 2)
+    # Redrawing two seeds with replacement: both "first" (diff 0) or both "right" a quarter
+    # of the time each, so the seed-aware interval spans 0 to 1 - 1/K.
+    assert mixed["ci_lesion_and_seed"] == pytest.approx([0.0, 1 - 1 / k])
+    assert "ref - ref" not in out
+
+
+def test_seed_study_scores_folders_and_chooses_on_validation(tmp_path: Path) -> None:
+    import torch
+
+    from dermae.classify.model import build_classifier, classifier_config, save_classifier
+    from dermae.data.prepared import load_prepared
+    from tests.helpers.tiny_data import make_prepared
+
+    make_prepared(tmp_path, n_per_class=20, size=8)
+    prepared = load_prepared(tmp_path)
+    malignant = [prepared.class_names[i] for i in prepared.malignant_index]
+
+    def model(name: str, seed: int) -> str:
+        torch.manual_seed(seed)
+        config = classifier_config("test_efficientnet", prepared.class_names, malignant, 8)
+        return str(save_classifier(tmp_path / name, build_classifier(config), {}))
+
+    script = _load("seed_study")
+    out = tmp_path / "study.json"
+    recipe_b, recipe_d = f"b={model('b0', 0)},{model('b1', 1)}", f"d={model('d0', 2)}"
+    script.main(
+        [str(tmp_path), "--reference", "b", "--recipe", recipe_b, "--recipe", recipe_d]
+        + ["--resamples", "20", "--out", str(out)]
+    )
+    result = json.loads(out.read_text())
+    assert result["chosen_on_validation"] == "d"  # the only candidate
+    scores = [m["test"]["balanced_accuracy"] for m in result["models"]["b"]]
+    assert result["summary"]["b"]["test"]["balanced_accuracy"]["mean"] == pytest.approx(
+        sum(scores) / 2
+    )
+    d_test = result["models"]["d"][0]["test"]["balanced_accuracy"]
+    diff = result["paired_test"]["d - b"]["balanced_accuracy"]["diff"]
+    assert diff == pytest.approx(d_test - sum(scores) / 2)
+    with pytest.raises(SystemExit):
+        script.main([str(tmp_path), "--reference", "x", "--recipe", recipe_d])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +241,20 @@ def _probs(predictions: pd.DataFrame) -> np.ndarray:
     return predictions[[c for c in predictions.columns if c.startswith("p_")]].to_numpy()
 
 
+def paired_metric_fn(
+    malignant_index: list[int], ece_bins: int, required_classes: np.ndarray
+) -> Callable[[np.ndarray, np.ndarray], dict[str, float | None]]:
+    """The scalars a paired comparison reports: argmax metrics (no stored thresholds, so
+    every model is judged by one rule) plus the sensitivity at 90 % test specificity."""
+    base_fn = scalar_metric_fn(malignant_index, None, ece_bins, required_classes=required_classes)
+    roc_sens = roc_sensitivity_at(0.90, malignant_index)
+
+    def metric_fn(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
+        return {**base_fn(y, p), ROC_SENSITIVITY: roc_sens(y, p)}
+
+    return metric_fn
+
+
 def paired_against_reference(
     predictions: dict[str, pd.DataFrame],
     malignant_index: list[int],
@@ -249,14 +264,7 @@ def paired_against_reference(
 ) -> dict[str, dict[str, Any]]:
     """`name - b` for every other model, on the same images and the same lesion resamples."""
     reference = predictions[REFERENCE]
-    base_fn = scalar_metric_fn(
-        malignant_index, None, ece_bins, required_classes=np.unique(reference["target"])
-    )
-    roc_sens = roc_sensitivity_at(0.90, malignant_index)
-
-    def metric_fn(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
-        return {**base_fn(y, p), ROC_SENSITIVITY: roc_sens(y, p)}
-
+    metric_fn = paired_metric_fn(malignant_index, ece_bins, np.unique(reference["target"]))
     comparisons = {}
     for name, frame in predictions.items():
         if name == REFERENCE:

@@ -1,0 +1,242 @@
+"""Several seeds per recipe, paired on the test split: does a recipe beat (b) on average?
+
+One trained model is one draw of its recipe. At cpu-full three seeds of (b) alone span 0.637 to
+0.676 test balanced accuracy (BENCHMARKS section 22), more than any effect the one-seed
+ablation measured. So each recipe here is a list of classifier folders, one per seed:
+
+    python benchmarks/seed_study.py runs/cpu-full --reference b \\
+        --recipe b=runs/cpu-full/baseline/model,runs/cpu-full/baseline_seeds/seed_plus_1/model \\
+        --recipe d=runs/cpu-full/student/model,runs/cpu-full-kd-seed-1/student/model \\
+        --out benchmarks/results/cpu_full_seed_study.json
+
+Every model scores validation and test once (argmax rule, as the ablation's paired table).
+Per recipe: the mean and spread over seeds on both splits. Among the non-reference recipes the
+one with the best mean *validation* balanced accuracy is the one a user may pick; test is
+read only after. Each recipe minus the reference, on the mean over seeds:
+
+- `lesion`: lesions resampled (the same resamples for every model), seeds held fixed: the
+  test-sampling noise of these particular models;
+- `lesion_and_seed`: each resample also redraws, with replacement, the seeds within every
+  recipe, so the interval holds the seed spread too (coarse with three seeds a side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dermae.classify.common import predict_probs
+from dermae.classify.model import load_classifier
+from dermae.data.prepared import load_prepared
+from dermae.evaluate import ablation
+from dermae.evaluate.bootstrap import bootstrap_distribution
+from dermae.evaluate.run import model_targets
+
+SPLITS = ("val", "test")
+SHOWN = ("balanced_accuracy", "malignant_auroc", ablation.ROC_SENSITIVITY, "macro_auroc")
+CHOOSE_ON = "balanced_accuracy"
+
+
+def _recipe(text: str) -> tuple[str, list[Path]]:
+    name, sep, folders = text.partition("=")
+    paths = [Path(f) for f in folders.split(",") if f]
+    if not sep or not name or not paths:
+        raise argparse.ArgumentTypeError(f"expected NAME=folder,folder,..., got '{text}'")
+    return name, paths
+
+
+def _interval(values: np.ndarray) -> list[float] | None:
+    valid = values[np.isfinite(values)]
+    if len(valid) < 0.5 * len(values):
+        return None
+    return [float(v) for v in np.quantile(valid, [0.025, 0.975])]
+
+
+def seed_paired(
+    y: np.ndarray,
+    groups: np.ndarray,
+    recipes: dict[str, list[np.ndarray]],
+    reference: str,
+    metric_fn: Any,
+    resamples: int,
+    seed: int,
+) -> dict[str, dict[str, Any]]:
+    """`recipe - reference` on the mean over each recipe's seeds, for every metric of
+    `metric_fn`: the point difference, the lesion interval and the lesion-and-seed interval."""
+    names = list(recipes)
+    flat = [probs for name in names for probs in recipes[name]]
+    dists = bootstrap_distribution(metric_fn, y, flat, groups, resamples, seed)
+    points = [metric_fn(y, probs) for probs in flat]
+    owner = np.repeat(np.arange(len(names)), [len(recipes[n]) for n in names])
+    rng = np.random.default_rng(seed + 1)
+    # seed redraws: for recipe r and resample b, which of its seeds (with replacement)
+    redraw = {
+        r: rng.integers(0, len(recipes[name]), size=(resamples, len(recipes[name])))
+        for r, name in enumerate(names)
+    }
+    ref = names.index(reference)
+    out: dict[str, dict[str, Any]] = {}
+    for r, name in enumerate(names):
+        if r == ref:
+            continue
+        per_metric = {}
+        for metric in dists[0]:
+
+            def stack(k: int, metric: str = metric) -> np.ndarray:
+                return np.stack([dists[i][metric] for i in np.flatnonzero(owner == k)])  # [S, B]
+
+            def point(k: int, metric: str = metric) -> float | None:
+                values = [points[i].get(metric) for i in np.flatnonzero(owner == k)]
+                return None if any(v is None for v in values) else float(np.mean(values))
+
+            mine, theirs = stack(r), stack(ref)
+            lesion = mine.mean(0) - theirs.mean(0)
+            cols = np.arange(resamples)[None, :]
+            both = mine[redraw[r].T, cols].mean(0) - theirs[redraw[ref].T, cols].mean(
+                0
+            )  # redrawn seeds, same lesion resample
+            p_mine, p_theirs = point(r), point(ref)
+            valid = lesion[np.isfinite(lesion)]
+            per_metric[metric] = {
+                "diff": None if p_mine is None or p_theirs is None else p_mine - p_theirs,
+                "ci_lesion": _interval(lesion),
+                "ci_lesion_and_seed": _interval(both),
+                "frac_better": float((valid > 0).mean()) if len(valid) else None,
+            }
+        out[f"{name} - {reference}"] = per_metric
+    return out
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=float)
+    sd = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    return {"mean": float(arr.mean()), "sd": sd, "min": float(arr.min()), "max": float(arr.max())}
+
+
+def study(
+    run_dir: Path,
+    recipes: dict[str, list[Path]],
+    reference: str,
+    resamples: int,
+    seed: int,
+    ece_bins: int = 15,
+) -> dict[str, Any]:
+    if reference not in recipes:
+        raise SystemExit(f"--reference {reference}: no --recipe of that name")
+    prepared = load_prepared(run_dir, with_synthetic=False)
+    rows = {s: prepared.rows(s).reset_index(drop=True) for s in SPLITS}
+    targets = {s: model_targets(rows[s], prepared.class_names)[0] for s in SPLITS}
+    metric_fn = {
+        s: ablation.paired_metric_fn(prepared.malignant_index, ece_bins, np.unique(targets[s]))
+        for s in SPLITS
+    }
+    probs: dict[str, dict[str, list[np.ndarray]]] = {s: {} for s in SPLITS}
+    per_model: dict[str, list[dict[str, Any]]] = {}
+    for name, folders in recipes.items():
+        per_model[name] = []
+        for folder in folders:
+            model, config = load_classifier(folder)
+            if config["class_names"] != prepared.class_names:
+                raise SystemExit(f"{folder} knows {config['class_names']}, not this run's classes")
+            entry: dict[str, Any] = {"model": str(folder), "seed": config.get("seed")}
+            for s in SPLITS:
+                p = predict_probs(model, prepared.dataset(rows[s]), 256, desc=f"{folder} {s}")
+                probs[s].setdefault(name, []).append(p)
+                scores = metric_fn[s](targets[s], p)
+                entry[s] = {k: scores.get(k) for k in SHOWN}
+            per_model[name].append(entry)
+    summary = {
+        name: {
+            s: {
+                k: _spread([m[s][k] for m in models])
+                for k in SHOWN
+                if all(m[s][k] is not None for m in models)
+            }
+            for s in SPLITS
+        }
+        for name, models in per_model.items()
+    }
+    candidates = [n for n in recipes if n != reference]
+    chosen = max(candidates, key=lambda n: summary[n]["val"][CHOOSE_ON]["mean"], default=None)
+    paired = seed_paired(
+        targets["test"],
+        rows["test"]["group_id"].to_numpy(),
+        probs["test"],
+        reference,
+        metric_fn["test"],
+        resamples,
+        seed,
+    )
+    return {
+        "reference": reference,
+        "chosen_on_validation": chosen,
+        "chosen_by": f"mean validation {CHOOSE_ON} over seeds, among {candidates}",
+        "resamples": resamples,
+        "seed": seed,
+        "models": per_model,
+        "summary": summary,
+        "paired_test": paired,
+    }
+
+
+def _cell(entry: dict[str, Any], key: str) -> str:
+    ci = entry.get(key)
+    if entry.get("diff") is None or ci is None:
+        return "n/a"
+    return f"{entry['diff']:+.3f} ({ci[0]:+.3f} to {ci[1]:+.3f})"
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        "| recipe | seeds | val BMA mean (min-max) | test BMA mean (min-max) |",
+        "|---|---|---|---|",
+    ]
+    for name, split in result["summary"].items():
+        cells = []
+        for s in SPLITS:
+            v = split[s].get("balanced_accuracy")
+            cells.append("n/a" if v is None else f"{v['mean']:.3f} ({v['min']:.3f}-{v['max']:.3f})")
+        mark = " (chosen on val)" if name == result["chosen_on_validation"] else ""
+        lines.append(
+            f"| {name}{mark} | {len(result['models'][name])} | " + " | ".join(cells) + " |"
+        )
+    lines += [
+        "",
+        "| test, mean over seeds | metric | lesion CI | lesion + seed CI |",
+        "|---|---|---|---|",
+    ]
+    for comparison, metrics in result["paired_test"].items():
+        for key in SHOWN:
+            entry = metrics.get(key) or {}
+            lines.append(
+                f"| {comparison} | {ablation.PAIRED.get(key, key)} | "
+                f"{_cell(entry, 'ci_lesion')} | {_cell(entry, 'ci_lesion_and_seed')} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="the run whose prepared splits are scored")
+    parser.add_argument("--recipe", type=_recipe, action="append", required=True)
+    parser.add_argument("--reference", required=True, help="the recipe the others are paired with")
+    parser.add_argument("--resamples", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    recipes = dict(args.recipe)
+    if len(recipes) != len(args.recipe):
+        raise SystemExit("two --recipe entries share a name")
+    result = study(args.run_dir, recipes, args.reference, args.resamples, args.seed)
+    print(table(result))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
