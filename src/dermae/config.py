@@ -206,6 +206,11 @@ class AblateConfig:
     # auto` picks weighted CE or a balanced sampler on validation); set `distill.loss:
     # baseline` so that (d) shares it.
     variants: tuple[str, ...] = ("a", "b", "c", "d")
+    # Seeds of (b) and (d) for the headline verdict: 1 = one model each. N > 1 also trains
+    # them at seeds seed + 1 ... seed + N - 1 (same teacher; (b)'s come from the
+    # baseline_seeds stage where it has them) and pairs the means over seeds with intervals
+    # that hold the seed spread (dermae.evaluate.seeds).
+    seeds: int = 1
 
 
 @dataclass(frozen=True)
@@ -444,6 +449,7 @@ POSITIVE_INT_KEYS = frozenset(
         "ece_bins",
         "opset",
         "timing_threads",
+        "seeds",
     }
 )
 # Float keys that are fractions or probabilities, in [0, 1] (every other float must be >= 0).

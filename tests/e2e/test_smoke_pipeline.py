@@ -68,6 +68,13 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
     variants = {"a_real_ce", "b_simple_fix", "c_real_synth", "d_dermae", "e_no_mae"}
     assert variants | {"f_no_synth_pretrain", "teacher_ensemble"} <= set(ablation["models"])
     assert ablation["reference"] == "b_simple_fix"
+    seeds = ablation["seeds"]  # ablate.seeds: 3
+    assert seeds["n"] == 3 and len(seeds["models"]["d_dermae"]) == 3
+    assert seeds["models"]["b_simple_fix"][1].endswith("baseline_seeds/seed_plus_1/model")
+    assert seeds["models"]["b_simple_fix"][2].endswith("ablate/seeds/b_seed_plus_2/model")
+    assert "d_dermae - b_simple_fix" in seeds["paired"]
+    markdown = (run_dir / "ablate" / "ablation.md").read_text()
+    assert markdown.startswith("Verdict over seeds")
     paired = ablation["external_paired_bootstrap"]["site"]
     assert "d_dermae - b_simple_fix" in paired
     ensemble = json.loads((run_dir / "teacher_ensemble" / "model" / "config.json").read_text())

@@ -223,39 +223,6 @@ def test_paired_predictions_pairs_against_any_reference(tmp_path: Path) -> None:
         script.main([str(tmp_path), "--reference", "no-equals-sign", "--model", "a=b"])
 
 
-def test_seed_study_pairs_means_over_seeds_and_redraws_seeds() -> None:
-    import numpy as np
-
-    from dermae.evaluate.ablation import paired_metric_fn
-
-    k, n = 3, 60
-    y = np.arange(n) % k
-    right = np.eye(k)[y] * 0.9 + 0.1 / k
-    first = np.tile(np.eye(k)[0] * 0.9 + 0.1 / k, (n, 1))
-    metric_fn = paired_metric_fn([2], 15, np.arange(k))
-    script = _load("seed_study")
-    out = script.seed_paired(
-        y,
-        np.arange(n),
-        {"ref": [first, first], "good": [right, right], "mixed": [right, first]},
-        "ref",
-        metric_fn,
-        resamples=200,
-        seed=0,
-    )
-    good = out["good - ref"]["balanced_accuracy"]
-    assert good["diff"] == pytest.approx(1 - 1 / k)
-    assert good["ci_lesion"] == pytest.approx([1 - 1 / k] * 2)  # every resample: 1 against 1/K
-    assert good["ci_lesion_and_seed"] == pytest.approx([1 - 1 / k] * 2)  # the seeds are alike
-    mixed = out["mixed - ref"]["balanced_accuracy"]
-    assert mixed["diff"] == pytest.approx((1 - 1 / k) / 2)  # mean of the two seeds
-    assert mixed["ci_lesion"] == pytest.approx([(1 - 1 / k) / 2] * 2)
-    # Redrawing two seeds with replacement: both "first" (diff 0) or both "right" a quarter
-    # of the time each, so the seed-aware interval spans 0 to 1 - 1/K.
-    assert mixed["ci_lesion_and_seed"] == pytest.approx([0.0, 1 - 1 / k])
-    assert "ref - ref" not in out
-
-
 def test_seed_study_scores_folders_and_chooses_on_validation(tmp_path: Path) -> None:
     import torch
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dermae.classify.baseline import chosen_loss, train_baseline
+from dermae.classify.baseline import baseline_seed_dirs, chosen_loss, train_baseline
 from dermae.classify.finetune import finetune
 from dermae.config import BaselineConfig, Config
 from dermae.data.prepared import load_prepared
@@ -37,6 +37,7 @@ from dermae.evaluate.bootstrap import paired_bootstrap
 from dermae.evaluate.external import evaluate_external, paired_on_external
 from dermae.evaluate.report import metrics_table
 from dermae.evaluate.run import evaluate_model
+from dermae.evaluate.seeds import seed_paired
 from dermae.layout import ENSEMBLE, STUDENT, TEACHER, RunLayout
 from dermae.metrics import scalar_metric_fn
 from dermae.pretrain.train import ENCODER_DIR, pretrain
@@ -186,6 +187,109 @@ def _variant_models(
     return models, notes
 
 
+def _seed_models(
+    cfg: Config, run_dir: Path, b_dir: Path, simple_loss: str, resume: bool
+) -> dict[str, list[Path]]:
+    """(b) and (d) at `ablate.seeds` seeds each; the first of each list is the one-seed model.
+
+    Only the seed changes (initialisation, data order, augmentation and mixup draws); (d) keeps
+    the run's teacher. Where (b) is the pipeline's baseline, its seeds seed + k are the
+    baseline_seeds stage's members (same recipe and rule), so they are not trained twice.
+    """
+    layout = RunLayout(run_dir)
+    if cfg.ablate.seeds <= 1 or not _has_model(layout.student_model):
+        return {}
+    recipe = student_recipe(cfg, simple_loss)
+    members = baseline_seed_dirs(run_dir, cfg.distill.baseline_seeds)
+    reuse = b_dir == layout.baseline_model
+    seeds = {REFERENCE: [b_dir], "d_dermae": [layout.student_model]}
+    for k in range(1, cfg.ablate.seeds):
+        if reuse and k <= len(members) and _has_model(members[k - 1]):
+            seeds[REFERENCE].append(members[k - 1])
+        else:
+            seed = (cfg.baseline.train.seed or 0) + k
+            seeded = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, seed=seed))
+            stage = f"ablate/seeds/b_seed_plus_{k}"
+            seeds[REFERENCE].append(train_baseline(cfg, run_dir, stage, seeded, resume=resume))
+        train = dataclasses.replace(cfg.distill.train, seed=(cfg.distill.train.seed or 0) + k)
+        seeded_cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, train=train))
+        stage = f"ablate/seeds/d_seed_plus_{k}"
+        seeds["d_dermae"].append(distill(seeded_cfg, run_dir, stage=stage, resume=resume))
+    return seeds
+
+
+def _seed_study(
+    cfg: Config,
+    run_dir: Path,
+    seed_models: dict[str, list[Path]],
+    predictions: dict[str, pd.DataFrame],
+    results: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """Test scores of every seed and the paired comparison of the means over seeds."""
+    out = RunLayout(run_dir).ablate / "eval_seeds"
+    prepared = load_prepared(run_dir, with_synthetic=False)
+    frames: dict[str, list[pd.DataFrame]] = {}
+    scores: dict[str, list[dict[str, Any]]] = {}
+    for name, folders in seed_models.items():
+        frames[name], scores[name] = [predictions[name]], [results[name]["scalars"]]
+        for k, folder in enumerate(folders[1:], start=1):
+            where = out / f"{name}_seed_plus_{k}"
+            scored = evaluate_model(folder, prepared, cfg.evaluate.split, where, cfg.evaluate)
+            frames[name].append(pd.read_csv(where / "predictions.csv"))
+            scores[name].append(scored["scalars"])
+    reference = frames[REFERENCE][0]
+    for name, listed in frames.items():
+        for frame in listed:
+            if list(frame["image_id"]) != list(reference["image_id"]):
+                raise RuntimeError(f"a seed of {name} was scored on other images than (b)")
+    targets = reference["target"].to_numpy()
+    metric_fn = paired_metric_fn(
+        prepared.malignant_index, cfg.evaluate.ece_bins, np.unique(targets)
+    )
+    paired = seed_paired(
+        targets,
+        reference["group_id"].to_numpy(),
+        {name: [_probs(f) for f in listed] for name, listed in frames.items()},
+        REFERENCE,
+        metric_fn,
+        cfg.evaluate.bootstrap,
+        cfg.seed,
+    )
+    return {
+        "n": cfg.ablate.seeds,
+        "models": {name: [str(f) for f in folders] for name, folders in seed_models.items()},
+        "test_balanced_accuracy": {
+            name: [s.get("balanced_accuracy") for s in listed] for name, listed in scores.items()
+        },
+        "paired": paired,
+    }
+
+
+def seed_verdict(seeds: dict[str, Any], metric: str = "balanced_accuracy") -> str:
+    """One line per recipe: the mean over seeds minus (b)'s, judged by the interval that also
+    redraws seeds (the lesion-only interval is given beside it)."""
+    lines = []
+    for name, diffs in seeds["paired"].items():
+        entry = diffs.get(metric) or {}
+        both, lesion = entry.get("ci_lesion_and_seed"), entry.get("ci_lesion")
+        if entry.get("diff") is None or both is None or lesion is None:
+            lines.append(f"- {name}, mean of {seeds['n']} seeds: {metric} interval undefined")
+            continue
+        word = (
+            "better than (b)"
+            if both[0] > 0
+            else "worse than (b)"
+            if both[1] < 0
+            else "not distinguishable from (b)"
+        )
+        lines.append(
+            f"- {name}, mean of {seeds['n']} seeds each: {entry['diff']:+.3f} "
+            f"(lesions and seeds resampled {both[0]:+.3f} to {both[1]:+.3f}; lesions only "
+            f"{lesion[0]:+.3f} to {lesion[1]:+.3f}), {word}"
+        )
+    return "\n".join(lines)
+
+
 def _teacher_and_student_sizes(run_dir: Path) -> dict[str, Any] | None:
     """Parameters and FLOPs per image of the student and the teacher it learned from."""
     path = RunLayout(run_dir).root / STUDENT / STATS_FILE
@@ -327,6 +431,8 @@ def ablate(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
         cfg.evaluate.bootstrap,
         cfg.seed,
     )
+    seed_models = _seed_models(cfg, run_dir, models[REFERENCE], notes["simple_fix"]["loss"], resume)
+    seeds = _seed_study(cfg, run_dir, seed_models, predictions, results) if seed_models else None
     # Every variant on every `evaluate.external` set too: does DerMAE transfer better?
     external = evaluate_external(
         cfg, run_dir, models, out / "external", internal={n: out / "eval" / n for n in models}
@@ -350,6 +456,8 @@ def ablate(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
         "models": {k: str(v) for k, v in models.items()},
         "notes": notes,
         "verdict": verdict(comparisons),
+        "seeds": seeds,
+        "seed_verdict": seed_verdict(seeds) if seeds else None,
         "results": {k: {"scalars": r["scalars"], "ci95": r["ci95"]} for k, r in results.items()},
         "paired_bootstrap": comparisons,
         "external_paired_bootstrap": external_paired,
@@ -362,8 +470,19 @@ def ablate(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
 
 
 def ablation_markdown(summary: dict[str, Any]) -> str:
-    """Verdict first, then the table, then every paired difference against (b)."""
-    lines = [
+    """Verdict first (over seeds when there are several), then the table, then every paired
+    difference against (b)."""
+    lines = []
+    if summary.get("seed_verdict"):
+        lines += [
+            "Verdict over seeds: mean balanced accuracy minus (b)'s mean, paired (95% CI):",
+            "",
+            summary["seed_verdict"],
+            "",
+            seeds_line(summary["seeds"]),
+            "",
+        ]
+    lines += [
         "Verdict: each model minus (b), balanced accuracy, paired lesion bootstrap (95% CI):",
         "",
         summary["verdict"],
@@ -401,6 +520,15 @@ def ablation_markdown(summary: dict[str, Any]) -> str:
                 f"share of resamples where it beats (b) = {better:.2f}"
             )
     return "\n".join(lines) + "\n"
+
+
+def seeds_line(seeds: dict[str, Any]) -> str:
+    """Each recipe's test balanced accuracy, seed by seed: the spread the verdict averages."""
+    parts = []
+    for name, values in seeds["test_balanced_accuracy"].items():
+        shown = ", ".join("n/a" if v is None else f"{v:.3f}" for v in values)
+        parts.append(f"{LABELS.get(name, name)}: {shown}")
+    return "Test balanced accuracy per seed (seed, seed + 1, ...): " + "; ".join(parts) + "."
 
 
 def checkpoint_line(rule: str) -> str:

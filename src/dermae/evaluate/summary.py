@@ -14,7 +14,7 @@ import pandas as pd
 
 from dermae.config import Config
 from dermae.data.prepared import accepted_synthetic
-from dermae.evaluate.ablation import checkpoint_line, size_line
+from dermae.evaluate.ablation import checkpoint_line, seeds_line, size_line
 from dermae.evaluate.plots import plot_class_counts, plot_loss_curves
 from dermae.evaluate.report import Section, format_ci, metrics_table, render_report
 from dermae.layout import RunLayout
@@ -289,7 +289,17 @@ def ablation_section(run_dir: Path) -> Section | None:
     summary = _json(RunLayout(run_dir).ablate / "ablation.json")
     if not summary:
         return None
+    over_seeds = []
+    if summary.get("seed_verdict"):
+        over_seeds = [
+            f"Over {summary['seeds']['n']} seeds of (b) and of the DerMAE student (same "
+            "teacher): mean balanced accuracy minus (b)'s mean, paired (95% CI):",
+            *[line.lstrip("- ") for line in summary["seed_verdict"].splitlines()],
+            seeds_line(summary["seeds"]),
+            "One seed each, every variant:",
+        ]
     paragraphs = [
+        *over_seeds,
         f"Same student ({summary['student_arch']}), budget, augmentation, data order and "
         f"decision rule for every variant; scored on the {summary['split']} split, which "
         "nothing was trained or tuned on. Each model minus (b), balanced accuracy, paired "

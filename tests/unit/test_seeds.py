@@ -1,0 +1,118 @@
+"""Several seeds per recipe: means over seeds, intervals that redraw seeds, the verdict."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dermae.config import load_config
+from dermae.evaluate import ablation
+from dermae.evaluate.ablation import paired_metric_fn, seed_verdict, seeds_line
+from dermae.evaluate.seeds import seed_paired
+
+
+def test_seed_paired_compares_means_over_seeds_and_redraws_seeds() -> None:
+    k, n = 3, 60
+    y = np.arange(n) % k
+    right = np.eye(k)[y] * 0.9 + 0.1 / k
+    first = np.tile(np.eye(k)[0] * 0.9 + 0.1 / k, (n, 1))
+    metric_fn = paired_metric_fn([2], 15, np.arange(k))
+    out = seed_paired(
+        y,
+        np.arange(n),
+        {"ref": [first, first], "good": [right, right], "mixed": [right, first]},
+        "ref",
+        metric_fn,
+        resamples=200,
+        seed=0,
+    )
+    good = out["good - ref"]["balanced_accuracy"]
+    assert good["diff"] == pytest.approx(1 - 1 / k)
+    assert good["ci_lesion"] == pytest.approx([1 - 1 / k] * 2)  # every resample: 1 against 1/K
+    assert good["ci_lesion_and_seed"] == pytest.approx([1 - 1 / k] * 2)  # the seeds are alike
+    mixed = out["mixed - ref"]["balanced_accuracy"]
+    assert mixed["diff"] == pytest.approx((1 - 1 / k) / 2)  # mean of the two seeds
+    assert mixed["ci_lesion"] == pytest.approx([(1 - 1 / k) / 2] * 2)
+    # Redrawing two seeds with replacement: both "first" (diff 0) or both "right" a quarter
+    # of the time each, so the seed-aware interval spans 0 to 1 - 1/K.
+    assert mixed["ci_lesion_and_seed"] == pytest.approx([0.0, 1 - 1 / k])
+    assert "ref - ref" not in out
+
+
+def test_seed_verdict_judges_by_the_interval_that_redraws_seeds():
+    seeds = {
+        "n": 3,
+        "paired": {
+            "d_dermae - b_simple_fix": {
+                "balanced_accuracy": {
+                    "diff": 0.03,
+                    "ci_lesion": [0.01, 0.05],  # above zero for these models...
+                    "ci_lesion_and_seed": [-0.01, 0.07],  # ...but not over seeds
+                }
+            },
+            "x - b_simple_fix": {"balanced_accuracy": {"diff": 0.1, "ci_lesion_and_seed": None}},
+        },
+        "test_balanced_accuracy": {
+            "b_simple_fix": [0.6, 0.62, None],
+            "d_dermae": [0.65, 0.6, 0.61],
+        },
+    }
+    first, second = seed_verdict(seeds).splitlines()
+    assert first == (
+        "- d_dermae - b_simple_fix, mean of 3 seeds each: +0.030 (lesions and seeds resampled "
+        "-0.010 to +0.070; lesions only +0.010 to +0.050), not distinguishable from (b)"
+    )
+    assert "undefined" in second
+    seeds["paired"]["d_dermae - b_simple_fix"]["balanced_accuracy"]["ci_lesion_and_seed"] = [
+        0.005,
+        0.06,
+    ]
+    assert seed_verdict(seeds).splitlines()[0].endswith("better than (b)")
+    line = seeds_line(seeds)
+    assert "0.600, 0.620, n/a" in line and "0.650, 0.600, 0.610" in line
+
+
+def _marked(folder: Path, **config) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.safetensors").write_bytes(b"")
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_seed_models_reuse_baseline_seeds_and_train_the_rest(tmp_path, monkeypatch):
+    cfg = load_config(
+        None,
+        [
+            f"run_dir={tmp_path}",
+            "seed=5",
+            "ablate.seeds=3",
+            "distill.baseline_seeds=1",
+            "distill.teachers=[teacher,baseline]",
+        ],
+    )
+    b_dir = _marked(tmp_path / "baseline" / "model", loss="weighted_ce")
+    member = _marked(tmp_path / "baseline_seeds" / "seed_plus_1" / "model")
+    _marked(tmp_path / "student" / "model")
+    trained = []
+
+    def fake_baseline(cfg_, run_dir, stage, stage_cfg, synthetic_ratio=0.0, resume=True):
+        trained.append(("b", stage, stage_cfg.train.seed, stage_cfg.loss))
+        return _marked(run_dir / stage / "model")
+
+    def fake_distill(cfg_, run_dir, stage="student", resume=True, **kwargs):
+        trained.append(("d", stage, cfg_.distill.train.seed, cfg_.distill.loss))
+        return _marked(run_dir / stage / "model")
+
+    monkeypatch.setattr(ablation, "train_baseline", fake_baseline)
+    monkeypatch.setattr(ablation, "distill", fake_distill)
+    seeds = ablation._seed_models(cfg, tmp_path, b_dir, "weighted_ce", resume=True)
+    assert seeds["b_simple_fix"] == [b_dir, member, tmp_path / "ablate/seeds/b_seed_plus_2/model"]
+    assert seeds["d_dermae"][0] == tmp_path / "student" / "model"
+    assert trained == [
+        ("d", "ablate/seeds/d_seed_plus_1", 6, cfg.distill.loss),
+        ("b", "ablate/seeds/b_seed_plus_2", 7, "weighted_ce"),  # (b)'s loss, not `auto`
+        ("d", "ablate/seeds/d_seed_plus_2", 7, cfg.distill.loss),
+    ]
+    one = load_config(None, [f"run_dir={tmp_path}"])
+    assert ablation._seed_models(one, tmp_path, b_dir, "weighted_ce", resume=True) == {}
