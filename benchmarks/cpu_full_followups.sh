@@ -17,17 +17,16 @@
 #                                         with VALUE of the run's extra seeds of (b)
 #   bash benchmarks/cpu_full_followups.sh kd-mixup 0.4 0.4       # the student with mixup VALUE
 #                                         (distill.mixup), the run's teacher and (b)
-#   MIXUP=0.4 bash benchmarks/cpu_full_followups.sh kd-seed 1 mixup-0.4-seed-1  # the student
-#                                         reseeded (distill.train.seed=VALUE), the run's teacher
-#   bash benchmarks/cpu_full_followups.sh b-seed 3 3             # (b) alone at seed VALUE, with
-#                                         the loss the run's `auto` chose (as baseline_seeds does)
-#   The last two feed benchmarks/seed_study.py (several seeds per recipe).
+#   bash benchmarks/cpu_full_followups.sh seeds 3 3              # (b) and (d) at VALUE seeds
+#                                         (ablate.seeds), the run's teacher
+#   SEEDS=3 bash benchmarks/cpu_full_followups.sh kd-mixup 0.4 0.4-seeds-3  # kd-mixup, and the
+#                                         ablation at SEEDS seeds (default 1)
 # The same on another finished run: SRC names its folder, CONFIG its config, e.g.
 #   SRC=runs/demo CONFIG=configs/demo.yaml bash benchmarks/cpu_full_followups.sh ldm-steps 3200 3200
 set -euo pipefail
 KIND=${1:-} VALUE=${2:-} NAME=${3:-}
-case "$KIND" in kd|ldm|ldm-steps|patient|seed|kd-extra|kd-seeds|kd-mixup|kd-seed|b-seed) ;;
-  *) echo "usage: $0 kd|ldm|ldm-steps|patient|seed|kd-extra|kd-seeds|kd-mixup|kd-seed|b-seed VALUE NAME" >&2; exit 2 ;; esac
+case "$KIND" in kd|ldm|ldm-steps|patient|seed|kd-extra|kd-seeds|kd-mixup|seeds) ;;
+  *) echo "usage: $0 kd|ldm|ldm-steps|patient|seed|kd-extra|kd-seeds|kd-mixup|seeds VALUE NAME" >&2; exit 2 ;; esac
 SRC=${SRC:-runs/cpu-full}
 CONFIG=${CONFIG:-configs/cpu-full.yaml}
 DERMAE=${DERMAE:-.venv/bin/dermae}
@@ -107,24 +106,17 @@ elif [ "$KIND" = kd-seeds ] || [ "$KIND" = kd-mixup ]; then
   marks prepare baseline baseline_seeds vae ldm sample synth_quality pretrain finetune
   KEY=distill.baseline_seeds
   [ "$KIND" = kd-mixup ] && KEY=distill.mixup
-  SET=(-c "$CONFIG" --run-dir "$DST" --set "$KEY=$VALUE" --set "ablate.variants=[b,d]")
+  SET=(-c "$CONFIG" --run-dir "$DST" --set "$KEY=$VALUE" --set "ablate.variants=[b,d]"
+       --set "ablate.seeds=${SEEDS:-1}")
   "$DERMAE" distill "${SET[@]}"
   "$DERMAE" ablate "${SET[@]}"
-elif [ "$KIND" = kd-seed ]; then
-  # Same data, (b), teacher ensemble and extra seeds of (b); only the student's seed (weights,
-  # data order, augmentation, mixup draws) changes, with mixup MIXUP (default 0).
-  cp -r "$SRC/data" "$SRC/baseline" "$SRC/baseline_seeds" "$SRC/teacher" "$DST/"
-  marks prepare baseline baseline_seeds vae ldm sample synth_quality pretrain finetune
-  "$DERMAE" distill -c "$CONFIG" --run-dir "$DST" --set "distill.train.seed=$VALUE" \
-    --set "distill.mixup=${MIXUP:-0}"
-elif [ "$KIND" = b-seed ]; then
-  # Same data; (b) retrained at seed VALUE with the loss SRC's baseline was trained with, so
-  # `auto` is not re-decided per seed (the baseline_seeds stage's rule).
-  cp -r "$SRC/data" "$DST/"
-  marks prepare
-  LOSS=$("$(dirname "$DERMAE")/python" -c \
-    'import json, sys; print(json.load(open(sys.argv[1]))["loss"])' "$SRC/baseline/model/config.json")
-  "$DERMAE" train -c "$CONFIG" --run-dir "$DST" --set "baseline.train.seed=$VALUE" \
-    --set "baseline.loss=$LOSS"
+elif [ "$KIND" = seeds ]; then
+  # The run's (b), teacher and student; the ablation trains (b) and (d) at VALUE seeds in all
+  # (ablate.seeds, reusing baseline_seeds for (b)) and pairs the means over seeds.
+  cp -r "$SRC/data" "$SRC/baseline" "$SRC/baseline_seeds" "$SRC/teacher" "$SRC/student" \
+    "$SRC/teacher_ensemble" "$DST/"
+  marks prepare baseline baseline_seeds vae ldm sample synth_quality pretrain finetune distill
+  "$DERMAE" ablate -c "$CONFIG" --run-dir "$DST" --set "ablate.seeds=$VALUE" \
+    --set "ablate.variants=[b,d]"
 fi
 uptime

@@ -116,3 +116,33 @@ def test_seed_models_reuse_baseline_seeds_and_train_the_rest(tmp_path, monkeypat
     ]
     one = load_config(None, [f"run_dir={tmp_path}"])
     assert ablation._seed_models(one, tmp_path, b_dir, "weighted_ce", resume=True) == {}
+
+
+def test_report_puts_the_verdict_over_seeds_first(tmp_path):
+    from dermae.evaluate.summary import ablation_section
+
+    seeds = {
+        "n": 2,
+        "paired": {},
+        "test_balanced_accuracy": {"b_simple_fix": [0.6, 0.62], "d_dermae": [0.65, 0.6]},
+    }
+    summary = {
+        "student_arch": "resnet10t",
+        "split": "test",
+        "verdict": "- d_dermae - b_simple_fix: +0.002 (-0.01 to +0.02), not distinguishable",
+        "seeds": seeds,
+        "seed_verdict": "- d_dermae - b_simple_fix, mean of 2 seeds each: +0.015 (...)",
+        "notes": {},
+        "table": [],
+        "results": {},
+        "paired_bootstrap": {},
+    }
+    (tmp_path / "ablate").mkdir()
+    (tmp_path / "ablate" / "ablation.json").write_text(json.dumps(summary))
+    paragraphs = ablation_section(tmp_path).paragraphs
+    assert paragraphs[0].startswith("Over 2 seeds of (b) and of the DerMAE student")
+    assert paragraphs[1].startswith("d_dermae - b_simple_fix, mean of 2 seeds each: +0.015")
+    assert "0.650, 0.600" in paragraphs[2]
+    markdown = ablation.ablation_markdown(summary)
+    assert markdown.startswith("Verdict over seeds")
+    assert markdown.index("mean of 2 seeds") < markdown.index("+0.002 (-0.01")
