@@ -15,7 +15,7 @@ from dermae.classify.model import (
 )
 from dermae.classify.trainer import Recipe, TrainSetup, train_classifier
 from dermae.config import BaselineConfig, Config, to_dict
-from dermae.engine.checkpoint import load_config_json
+from dermae.engine.checkpoint import load_config_json, process_rank
 from dermae.layout import RunLayout
 
 __all__ = [
@@ -146,5 +146,6 @@ def train_baseline_seeds(cfg: Config, run_dir: str | Path, resume: bool = True) 
         )
         selected = load_config_json(trained).get("selected") or {}
         members.append({"model": str(trained), "seed": seed + k, "loss": loss, **selected})
-    (folder / SEEDS_FILE).write_text(json.dumps({"loss": loss, "members": members}, indent=2))
+    if process_rank() == 0:  # under DDP every rank trains; one writes the record
+        (folder / SEEDS_FILE).write_text(json.dumps({"loss": loss, "members": members}, indent=2))
     return folder
