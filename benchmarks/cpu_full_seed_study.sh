@@ -1,23 +1,51 @@
 #!/bin/bash
-# Three seeds of (b) and of the DerMAE student, with and without mixup, on one finished
+# N seeds of (b) and of the DerMAE student, with and without mixup 0.4, on one finished
 # cpu-full run (at least `dermae run -c configs/cpu-full.yaml --until distill`): BENCHMARKS.md
-# section 25. The teacher stays the run's (ViT + (b) + its two extra seeds); (b)'s seeds 0-2
-# are the run's baseline and baseline_seeds members; each arm's ablation (ablate.seeds=3)
-# trains the student's seeds 1 and 2. seed_study.py then scores every model on validation
-# (where the mixup choice is made) and test.
-#   DERMAE_THREADS=2 bash benchmarks/cpu_full_seed_study.sh
-# About 35 min on an AMX CPU: five students of 900 steps with a live 4-member teacher.
+# section 25. The teacher stays the run's (ViT + (b) + its two extra seeds). (b)'s seeds 0-2
+# are the run's baseline and baseline_seeds members; each arm's ablation (ablate.seeds=N)
+# trains the students' other seeds, and (b)'s seeds past 2 once for both arms.
+# seed_study.py then scores every model on validation (where the mixup choice is made) and test.
+#   DERMAE_THREADS=2 bash benchmarks/cpu_full_seed_study.sh        # N=3: about 35 min (AMX)
+#   N=5 DERMAE_THREADS=2 bash benchmarks/cpu_full_seed_study.sh    # then 5: about 35 min more
+# A larger N reuses every seed already trained (finished checkpoints resume at their end).
 set -euo pipefail
 SRC=${SRC:-runs/cpu-full}
-PY=${PY:-.venv/bin/python}
+CONFIG=${CONFIG:-configs/cpu-full.yaml}
+DERMAE=${DERMAE:-.venv/bin/dermae}
+PY=$(dirname "$DERMAE")/python
+N=${N:-3}
 FOLLOW=benchmarks/cpu_full_followups.sh
-NOMIX=$SRC-seeds-3
-MIX=$SRC-kd-mixup-0.4-seeds-3
-[ -f "$NOMIX/ablate/ablation.json" ] || SRC=$SRC bash "$FOLLOW" seeds 3 3
-[ -f "$MIX/ablate/ablation.json" ] || SEEDS=3 SRC=$SRC bash "$FOLLOW" kd-mixup 0.4 0.4-seeds-3
-seeds() { echo "$1/student/model,$2/ablate/seeds/d_seed_plus_1/model,$2/ablate/seeds/d_seed_plus_2/model"; }
-"$PY" benchmarks/seed_study.py "$SRC" --reference b \
-  --recipe "b=$SRC/baseline/model,$SRC/baseline_seeds/seed_plus_1/model,$SRC/baseline_seeds/seed_plus_2/model" \
-  --recipe "d_mixup_0=$(seeds "$SRC" "$NOMIX")" \
-  --recipe "d_mixup_0.4=$(seeds "$MIX" "$MIX")" \
-  --out "benchmarks/results/$(basename "$SRC")_seed_study.json"
+NOMIX=$SRC-seeds-study
+MIX=$SRC-kd-mixup-0.4-study
+has_seeds() {  # run dir -> true when its ablation already holds N seeds
+  "$PY" -c 'import json, sys; s = json.load(open(sys.argv[1])).get("seeds") or {}
+sys.exit(0 if s.get("n") == int(sys.argv[2]) else 1)' "$1/ablate/ablation.json" "$N" 2>/dev/null
+}
+ablate() {
+  "$DERMAE" ablate -c "$CONFIG" --run-dir "$1" --set "ablate.seeds=$N" \
+    --set "ablate.variants=[b,d]" "${@:2}"
+}
+[ -d "$NOMIX" ] || SRC=$SRC bash "$FOLLOW" seeds "$N" study
+has_seeds "$NOMIX" || ablate "$NOMIX"
+if [ ! -d "$MIX" ]; then
+  SEEDS=$N SRC=$SRC bash "$FOLLOW" kd-mixup 0.4 0.4-study
+elif ! has_seeds "$MIX"; then
+  mkdir -p "$MIX/ablate/seeds"
+  for b in "$NOMIX"/ablate/seeds/b_seed_plus_*; do  # the same (b) models: train them once
+    if [ -d "$b" ] && [ ! -d "$MIX/ablate/seeds/$(basename "$b")" ]; then
+      cp -r "$b" "$MIX/ablate/seeds/"
+    fi
+  done
+  ablate "$MIX" --set distill.mixup=0.4
+fi
+list() {  # folders of one recipe, seeds 0..N-1, comma-separated
+  local out=$1
+  for ((k = 1; k < N; k++)); do out+=",$2/ablate/seeds/${3}_seed_plus_$k/model"; done
+  echo "$out"
+}
+B=$SRC/baseline/model,$SRC/baseline_seeds/seed_plus_1/model,$SRC/baseline_seeds/seed_plus_2/model
+for ((k = 3; k < N; k++)); do B+=",$NOMIX/ablate/seeds/b_seed_plus_$k/model"; done
+"$PY" benchmarks/seed_study.py "$SRC" --reference b --recipe "b=$B" \
+  --recipe "d_mixup_0=$(list "$SRC/student/model" "$NOMIX" d)" \
+  --recipe "d_mixup_0.4=$(list "$MIX/student/model" "$MIX" d)" \
+  --out "benchmarks/results/$(basename "$SRC")_seed_study_${N}seeds.json"
