@@ -38,14 +38,13 @@ elif ! has_seeds "$MIX"; then
   done
   ablate "$MIX" --set distill.mixup=0.4
 fi
-list() {  # folders of one recipe, seeds 0..N-1, comma-separated
-  local out=$1
-  for ((k = 1; k < N; k++)); do out+=",$2/ablate/seeds/${3}_seed_plus_$k/model"; done
-  echo "$out"
+folders() {  # run dir, recipe -> its seeds' folders as its ablation lists them, comma-separated
+  "$PY" -c 'import json, sys
+print(",".join(json.load(open(sys.argv[1]))["seeds"]["models"][sys.argv[2]]))' \
+    "$1/ablate/ablation.json" "$2"
 }
-B=$SRC/baseline/model,$SRC/baseline_seeds/seed_plus_1/model,$SRC/baseline_seeds/seed_plus_2/model
-for ((k = 3; k < N; k++)); do B+=",$NOMIX/ablate/seeds/b_seed_plus_$k/model"; done
-"$PY" benchmarks/seed_study.py "$SRC" --reference b --recipe "b=$B" \
-  --recipe "d_mixup_0=$(list "$SRC/student/model" "$NOMIX" d)" \
-  --recipe "d_mixup_0.4=$(list "$MIX/student/model" "$MIX" d)" \
+"$PY" benchmarks/seed_study.py "$SRC" --reference b \
+  --recipe "b=$(folders "$NOMIX" b_simple_fix)" \
+  --recipe "d_mixup_0=$(folders "$NOMIX" d_dermae)" \
+  --recipe "d_mixup_0.4=$(folders "$MIX" d_dermae)" \
   --out "benchmarks/results/$(basename "$SRC")_seed_study_${N}seeds.json"

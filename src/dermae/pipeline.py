@@ -145,6 +145,11 @@ TRAINING_STAGES = frozenset(
     {"baseline", "baseline_seeds", "vae", "ldm", "pretrain", "finetune", "distill", "ablate"}
 )
 
+# Stages made of many trainings, each of which resumes only a checkpoint whose own fingerprint
+# (settings, data, model, upstream weights) still matches: they may resume after their inputs
+# changed, so one more seed or variant in the ablation trains only what is new.
+SELF_CHECKED_STAGES = frozenset({"ablate"})
+
 
 def _distributed() -> PartialState | None:
     """Accelerate's process group when launched with several processes, else None."""
@@ -285,7 +290,8 @@ def run_stage(cfg: Config, name: str, resume: bool = True, force: bool = False) 
             why = first_difference(done.get("inputs"), payload) if done.get("inputs") else None
             print(f"[dermae] {name}: inputs changed ({why or 'older mark'}); running it again")
     began = _read(marks / f"{name}.started.json")
-    can_resume = resume and not force and began is not None and began["fingerprint"] == fingerprint
+    same_start = began is not None and began["fingerprint"] == fingerprint
+    can_resume = resume and not force and (same_start or name in SELF_CHECKED_STAGES)
     state = _distributed()
     main = state is None or state.is_main_process
     if state is not None:

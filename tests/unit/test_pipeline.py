@@ -42,7 +42,13 @@ def test_skips_done_stages_and_reruns_changed_downstream(tmp_path, fake_stages):
     changed = load_config(None, [f"run_dir={tmp_path}", "distill.alpha=0.5"])
     pipeline.run_pipeline(changed)
     assert [c[0] for c in calls] == ["distill", "evaluate", "ablate", "export", "report"]
-    assert all(resume is False for _, resume in calls)  # new fingerprint: no stale resume
+    # New fingerprint: no stale resume, except in the ablation, whose trainings each resume
+    # only a checkpoint of their own unchanged fingerprint (one more seed retrains nothing else).
+    assert [resume for _, resume in calls] == [False, False, True, False, False]
+    calls.clear()
+    seeds = load_config(None, [f"run_dir={tmp_path}", "distill.alpha=0.5", "ablate.seeds=2"])
+    pipeline.run_pipeline(seeds)
+    assert calls == [("ablate", True), ("report", False)]
 
 
 def test_interrupted_stage_resumes_then_from_reruns(tmp_path, fake_stages):
