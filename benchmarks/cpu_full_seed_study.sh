@@ -47,4 +47,4 @@ print(",".join(json.load(open(sys.argv[1]))["seeds"]["models"][sys.argv[2]]))' \
   --recipe "b=$(folders "$NOMIX" b_simple_fix)" \
   --recipe "d_mixup_0=$(folders "$NOMIX" d_dermae)" \
   --recipe "d_mixup_0.4=$(folders "$MIX" d_dermae)" \
-  --out "benchmarks/results/$(basename "$SRC")_seed_study_${N}seeds.json"
+  --out "benchmarks/results/$(basename "$SRC" | tr - _)_seed_study_${N}seeds.json"
