@@ -62,9 +62,16 @@ def study(
     resamples: int,
     seed: int,
     ece_bins: int = 15,
+    bars: dict[str, list[Path]] | None = None,
 ) -> dict[str, Any]:
+    """`bars` (a teacher, say) are scored and paired like recipes but are no candidates."""
     if reference not in recipes:
         raise SystemExit(f"--reference {reference}: no --recipe of that name")
+    bars = bars or {}
+    if set(bars) & set(recipes):
+        raise SystemExit(f"--bar and --recipe share names: {sorted(set(bars) & set(recipes))}")
+    candidates = [n for n in recipes if n != reference]
+    recipes = {**recipes, **bars}
     prepared = load_prepared(run_dir, with_synthetic=False)
     rows = {s: prepared.rows(s).reset_index(drop=True) for s in SPLITS}
     targets = {s: model_targets(rows[s], prepared.class_names)[0] for s in SPLITS}
@@ -98,7 +105,6 @@ def study(
         }
         for name, models in per_model.items()
     }
-    candidates = [n for n in recipes if n != reference]
     chosen = max(candidates, key=lambda n: summary[n]["val"][CHOOSE_ON]["mean"], default=None)
     paired = seed_paired(
         targets["test"],
@@ -162,6 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dir", type=Path, help="the run whose prepared splits are scored")
     parser.add_argument("--recipe", type=_recipe, action="append", required=True)
     parser.add_argument("--reference", required=True, help="the recipe the others are paired with")
+    parser.add_argument(
+        "--bar", type=_recipe, action="append", default=[], help="paired too, never chosen"
+    )
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
@@ -169,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     recipes = dict(args.recipe)
     if len(recipes) != len(args.recipe):
         raise SystemExit("two --recipe entries share a name")
-    result = study(args.run_dir, recipes, args.reference, args.resamples, args.seed)
+    bars = dict(args.bar)
+    result = study(args.run_dir, recipes, args.reference, args.resamples, args.seed, bars=bars)
     print(table(result))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

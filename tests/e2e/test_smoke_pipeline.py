@@ -73,6 +73,7 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
     assert seeds["models"]["b_simple_fix"][1].endswith("baseline_seeds/seed_plus_1/model")
     assert seeds["models"]["b_simple_fix"][2].endswith("ablate/seeds/b_seed_plus_2/model")
     assert "d_dermae - b_simple_fix" in seeds["paired"]
+    assert "teacher_ensemble - b_simple_fix" in seeds["paired"]  # the bar, against (b)'s mean
     markdown = (run_dir / "ablate" / "ablation.md").read_text()
     assert markdown.startswith("Verdict over seeds")
     paired = ablation["external_paired_bootstrap"]["site"]

@@ -244,10 +244,11 @@ def test_seed_study_scores_folders_and_chooses_on_validation(tmp_path: Path) -> 
     recipe_b, recipe_d = f"b={model('b0', 0)},{model('b1', 1)}", f"d={model('d0', 2)}"
     script.main(
         [str(tmp_path), "--reference", "b", "--recipe", recipe_b, "--recipe", recipe_d]
-        + ["--resamples", "20", "--out", str(out)]
+        + ["--bar", f"t={model('t', 3)}", "--resamples", "20", "--out", str(out)]
     )
     result = json.loads(out.read_text())
-    assert result["chosen_on_validation"] == "d"  # the only candidate
+    assert result["chosen_on_validation"] == "d"  # the only candidate: a bar is never chosen
+    assert "t - b" in result["paired_test"]
     scores = [m["test"]["balanced_accuracy"] for m in result["models"]["b"]]
     assert result["summary"]["b"]["test"]["balanced_accuracy"]["mean"] == pytest.approx(
         sum(scores) / 2

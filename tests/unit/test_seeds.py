@@ -52,13 +52,26 @@ def test_seed_verdict_judges_by_the_interval_that_redraws_seeds():
                 }
             },
             "x - b_simple_fix": {"balanced_accuracy": {"diff": 0.1, "ci_lesion_and_seed": None}},
+            "teacher_ensemble - b_simple_fix": {
+                "balanced_accuracy": {
+                    "diff": -0.02,
+                    "ci_lesion": [-0.04, -0.01],
+                    "ci_lesion_and_seed": [-0.05, -0.001],
+                }
+            },
         },
+        "models": {"d_dermae": ["d0", "d1", "d2"], "teacher_ensemble": ["t"]},
         "test_balanced_accuracy": {
             "b_simple_fix": [0.6, 0.62, None],
             "d_dermae": [0.65, 0.6, 0.61],
         },
     }
-    first, second = seed_verdict(seeds).splitlines()
+    first, second, teacher = seed_verdict(seeds).splitlines()
+    # A teacher is one model: it is paired with (b)'s mean, and the line says so.
+    assert teacher.startswith(
+        "- teacher_ensemble - b_simple_fix, one model against (b)'s mean of 3: -0.020"
+    )
+    assert teacher.endswith("worse than (b)")
     assert first == (
         "- d_dermae - b_simple_fix, mean of 3 seeds each: +0.030 (lesions and seeds resampled "
         "-0.010 to +0.070; lesions only +0.010 to +0.050), not distinguishable from (b)"

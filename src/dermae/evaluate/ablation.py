@@ -225,12 +225,18 @@ def _seed_study(
     predictions: dict[str, pd.DataFrame],
     results: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
-    """Test scores of every seed and the paired comparison of the means over seeds."""
+    """Test scores of every seed and the paired comparison of the means over seeds. The
+    teachers (one model each) are paired with (b)'s mean too: that is the bar a student of
+    theirs can hope to reach."""
     out = RunLayout(run_dir).ablate / "eval_seeds"
     prepared = load_prepared(run_dir, with_synthetic=False)
     frames: dict[str, list[pd.DataFrame]] = {}
     scores: dict[str, list[dict[str, Any]]] = {}
-    for name, folders in seed_models.items():
+    listed_models = dict(seed_models)
+    for name in TEACHERS:
+        if name in predictions:
+            listed_models[name] = [Path(results[name]["model"])]
+    for name, folders in listed_models.items():
         frames[name], scores[name] = [predictions[name]], [results[name]["scalars"]]
         for k, folder in enumerate(folders[1:], start=1):
             where = out / f"{name}_seed_plus_{k}"
@@ -257,7 +263,7 @@ def _seed_study(
     )
     return {
         "n": cfg.ablate.seeds,
-        "models": {name: [str(f) for f in folders] for name, folders in seed_models.items()},
+        "models": {name: [str(f) for f in folders] for name, folders in listed_models.items()},
         "test_balanced_accuracy": {
             name: [s.get("balanced_accuracy") for s in listed] for name, listed in scores.items()
         },
@@ -269,11 +275,18 @@ def seed_verdict(seeds: dict[str, Any], metric: str = "balanced_accuracy") -> st
     """One line per recipe: the mean over seeds minus (b)'s, judged by the interval that also
     redraws seeds (the lesion-only interval is given beside it)."""
     lines = []
+    counts = {name: len(folders) for name, folders in (seeds.get("models") or {}).items()}
     for name, diffs in seeds["paired"].items():
         entry = diffs.get(metric) or {}
         both, lesion = entry.get("ci_lesion_and_seed"), entry.get("ci_lesion")
+        one_model = counts.get(name.split(" - ")[0]) == 1
+        how = (
+            f"one model against (b)'s mean of {seeds['n']}"
+            if one_model
+            else (f"mean of {seeds['n']} seeds each")
+        )
         if entry.get("diff") is None or both is None or lesion is None:
-            lines.append(f"- {name}, mean of {seeds['n']} seeds: {metric} interval undefined")
+            lines.append(f"- {name}, {how}: {metric} interval undefined")
             continue
         word = (
             "better than (b)"
@@ -283,7 +296,7 @@ def seed_verdict(seeds: dict[str, Any], metric: str = "balanced_accuracy") -> st
             else "not distinguishable from (b)"
         )
         lines.append(
-            f"- {name}, mean of {seeds['n']} seeds each: {entry['diff']:+.3f} "
+            f"- {name}, {how}: {entry['diff']:+.3f} "
             f"(lesions and seeds resampled {both[0]:+.3f} to {both[1]:+.3f}; lesions only "
             f"{lesion[0]:+.3f} to {lesion[1]:+.3f}), {word}"
         )
