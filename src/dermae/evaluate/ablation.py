@@ -280,11 +280,8 @@ def seed_verdict(seeds: dict[str, Any], metric: str = "balanced_accuracy") -> st
         entry = diffs.get(metric) or {}
         both, lesion = entry.get("ci_lesion_and_seed"), entry.get("ci_lesion")
         one_model = counts.get(name.split(" - ")[0]) == 1
-        how = (
-            f"one model against (b)'s mean of {seeds['n']}"
-            if one_model
-            else (f"mean of {seeds['n']} seeds each")
-        )
+        n = seeds["n"]
+        how = f"one model against (b)'s mean of {n}" if one_model else f"mean of {n} seeds each"
         if entry.get("diff") is None or both is None or lesion is None:
             lines.append(f"- {name}, {how}: {metric} interval undefined")
             continue
