@@ -4,7 +4,8 @@
 # section 25. The teacher stays the run's (ViT + (b) + its two extra seeds). (b)'s seeds 0-2
 # are the run's baseline and baseline_seeds members; each arm's ablation (ablate.seeds=N)
 # trains the students' other seeds, and (b)'s seeds past 2 once for both arms.
-# seed_study.py then scores every model on validation (where the mixup choice is made) and test.
+# seed_study.py then scores every model on validation (where the mixup choice is made) and test,
+# and pairs the teacher ensemble with (b)'s mean too (the bar a student can reach).
 #   DERMAE_THREADS=2 bash benchmarks/cpu_full_seed_study.sh        # N=3: about 35 min (AMX)
 #   N=5 DERMAE_THREADS=2 bash benchmarks/cpu_full_seed_study.sh    # then 5: about 35 min more
 # A larger N reuses every seed already trained (finished checkpoints resume at their end).
@@ -47,4 +48,5 @@ print(",".join(json.load(open(sys.argv[1]))["seeds"]["models"][sys.argv[2]]))' \
   --recipe "b=$(folders "$NOMIX" b_simple_fix)" \
   --recipe "d_mixup_0=$(folders "$NOMIX" d_dermae)" \
   --recipe "d_mixup_0.4=$(folders "$MIX" d_dermae)" \
+  --bar "teacher_ensemble=$SRC/teacher_ensemble/model" \
   --out "benchmarks/results/$(basename "$SRC" | tr - _)_seed_study_${N}seeds.json"
