@@ -87,7 +87,7 @@ def study(
             model, config = load_classifier(folder)
             if config["class_names"] != prepared.class_names:
                 raise SystemExit(f"{folder} knows {config['class_names']}, not this run's classes")
-            entry: dict[str, Any] = {"model": str(folder), "seed": config.get("seed")}
+            entry: dict[str, Any] = {"model": str(folder)}
             for s in SPLITS:
                 p = predict_probs(model, prepared.dataset(rows[s]), 256, desc=f"{folder} {s}")
                 probs[s].setdefault(name, []).append(p)

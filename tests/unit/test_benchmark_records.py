@@ -242,13 +242,23 @@ def test_seed_study_scores_folders_and_chooses_on_validation(tmp_path: Path) -> 
     script = _load("seed_study")
     out = tmp_path / "study.json"
     recipe_b, recipe_d = f"b={model('b0', 0)},{model('b1', 1)}", f"d={model('d0', 2)}"
+    recipe_e = f"e={model('e0', 4)},{model('e1', 5)}"
     script.main(
         [str(tmp_path), "--reference", "b", "--recipe", recipe_b, "--recipe", recipe_d]
-        + ["--bar", f"t={model('t', 3)}", "--resamples", "20", "--out", str(out)]
+        + ["--recipe", recipe_e, "--bar", f"t={model('t', 3)}"]
+        + ["--resamples", "20", "--out", str(out)]
     )
     result = json.loads(out.read_text())
-    assert result["chosen_on_validation"] == "d"  # the only candidate: a bar is never chosen
-    assert "t - b" in result["paired_test"]
+
+    def mean_val(name: str) -> float:
+        values = [m["val"]["balanced_accuracy"] for m in result["models"][name]]
+        return sum(values) / len(values)
+
+    # The candidate with the higher mean validation score; never the reference or a bar.
+    assert mean_val("d") != mean_val("e")
+    expected = "d" if mean_val("d") > mean_val("e") else "e"
+    assert result["chosen_on_validation"] == expected
+    assert "t - b" in result["paired_test"] and "e - b" in result["paired_test"]
     scores = [m["test"]["balanced_accuracy"] for m in result["models"]["b"]]
     assert result["summary"]["b"]["test"]["balanced_accuracy"]["mean"] == pytest.approx(
         sum(scores) / 2

@@ -88,9 +88,11 @@ def bootstrap_distribution(
     return values
 
 
-def _interval(
-    values: np.ndarray, alpha: float, min_valid: float
+def percentile_interval(
+    values: np.ndarray, alpha: float = 0.05, min_valid: float = 0.5
 ) -> tuple[float | None, float | None]:
+    """(1 - alpha) percentile interval of the finite values; (None, None) when fewer than
+    `min_valid` of them are finite."""
     valid = values[np.isfinite(values)]
     if len(valid) == 0 or len(valid) < min_valid * len(values):
         return (None, None)
@@ -113,7 +115,7 @@ def bootstrap_ci(
     `groups` (e.g. lesion ids, one per image) sets the resampling unit; None = per image.
     """
     (dist,) = bootstrap_distribution(metric_fn, y_true, [np.asarray(probs)], groups, n, seed)
-    return {name: _interval(v, alpha, min_valid) for name, v in dist.items()}
+    return {name: percentile_interval(v, alpha, min_valid) for name, v in dist.items()}
 
 
 def paired_bootstrap(
@@ -147,7 +149,7 @@ def paired_bootstrap(
         pa, pb = point_a.get(name), point_b.get(name)
         out[name] = {
             "diff": None if pa is None or pb is None else float(pb) - float(pa),
-            "ci": _interval(diff, alpha, min_valid),
+            "ci": percentile_interval(diff, alpha, min_valid),
             "frac_b_gt_a": float((valid > 0).mean()) if len(valid) else None,
             "n_valid": int(len(valid)),
         }

@@ -17,14 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from dermae.evaluate.bootstrap import MetricFn, bootstrap_distribution
+from dermae.evaluate.bootstrap import MetricFn, bootstrap_distribution, percentile_interval
 
 
 def _interval(values: np.ndarray) -> list[float] | None:
-    valid = values[np.isfinite(values)]
-    if len(valid) < 0.5 * len(values):
-        return None
-    return [float(v) for v in np.quantile(valid, [0.025, 0.975])]
+    lo, hi = percentile_interval(values)
+    return None if lo is None else [lo, hi]
 
 
 def seed_paired(
@@ -42,40 +40,37 @@ def seed_paired(
     flat = [probs for name in names for probs in recipes[name]]
     dists = bootstrap_distribution(metric_fn, y, flat, groups, resamples, seed)
     points = [metric_fn(y, probs) for probs in flat]
-    owner = np.repeat(np.arange(len(names)), [len(recipes[n]) for n in names])
+    bounds = np.cumsum([0] + [len(recipes[n]) for n in names])
+    members = {n: range(bounds[i], bounds[i + 1]) for i, n in enumerate(names)}  # into flat
     rng = np.random.default_rng(seed + 1)
-    # seed redraws: for recipe r and resample b, which of its seeds (with replacement)
+    # seed redraws: for each recipe and resample, which of its seeds (with replacement); drawn
+    # [B, S] and used [S, B], the order the committed results were made with
     redraw = {
-        r: rng.integers(0, len(recipes[name]), size=(resamples, len(recipes[name])))
-        for r, name in enumerate(names)
+        n: rng.integers(0, len(recipes[n]), size=(resamples, len(recipes[n]))).T for n in names
     }
-    ref = names.index(reference)
+    cols = np.arange(resamples)[None, :]
+
+    def over_seeds(name: str, metric: str) -> tuple[np.ndarray, np.ndarray, float | None]:
+        """Mean over seeds per resample (seeds fixed, seeds redrawn) and on all data."""
+        values = np.stack([dists[i][metric] for i in members[name]])  # [S, B]
+        point = [points[i].get(metric) for i in members[name]]
+        mean = None if any(v is None for v in point) else float(np.mean(point))
+        return values.mean(0), values[redraw[name], cols].mean(0), mean
+
     out: dict[str, dict[str, Any]] = {}
-    for r, name in enumerate(names):
-        if r == ref:
+    for name in names:
+        if name == reference:
             continue
         per_metric = {}
         for metric in dists[0]:
-
-            def stack(k: int, metric: str = metric) -> np.ndarray:
-                return np.stack([dists[i][metric] for i in np.flatnonzero(owner == k)])  # [S, B]
-
-            def point(k: int, metric: str = metric) -> float | None:
-                values = [points[i].get(metric) for i in np.flatnonzero(owner == k)]
-                return None if any(v is None for v in values) else float(np.mean(values))
-
-            mine, theirs = stack(r), stack(ref)
-            lesion = mine.mean(0) - theirs.mean(0)
-            cols = np.arange(resamples)[None, :]
-            both = mine[redraw[r].T, cols].mean(0) - theirs[redraw[ref].T, cols].mean(
-                0
-            )  # redrawn seeds, same lesion resample
-            p_mine, p_theirs = point(r), point(ref)
+            fixed, redrawn, point = over_seeds(name, metric)
+            ref_fixed, ref_redrawn, ref_point = over_seeds(reference, metric)
+            lesion = fixed - ref_fixed
             valid = lesion[np.isfinite(lesion)]
             per_metric[metric] = {
-                "diff": None if p_mine is None or p_theirs is None else p_mine - p_theirs,
+                "diff": None if point is None or ref_point is None else point - ref_point,
                 "ci_lesion": _interval(lesion),
-                "ci_lesion_and_seed": _interval(both),
+                "ci_lesion_and_seed": _interval(redrawn - ref_redrawn),
                 "frac_better": float((valid > 0).mean()) if len(valid) else None,
             }
         out[f"{name} - {reference}"] = per_metric
