@@ -32,7 +32,8 @@ KEYS = ("balanced_accuracy", "malignant_auroc", "macro_auroc")
 
 
 def member_log_probs(folder: Path, prepared: Any) -> dict[str, np.ndarray]:
-    model, _ = load_classifier(folder)
+    model, config = load_classifier(folder)
+    prepared = prepared.at_size(int(config["image_size"]))  # same rows, at the member's size
     out = {}
     for split in SPLITS:
         rows = prepared.rows(split).reset_index(drop=True)

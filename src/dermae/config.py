@@ -83,6 +83,26 @@ class BaselineConfig:
 
 
 @dataclass(frozen=True)
+class CnnTeacherConfig:
+    """CNN members of the teacher ensemble with their own model, budget and resolution, trained
+    by the `cnn_teacher` stage; the entry `cnn_teacher` in `distill.teachers` adds them.
+
+    A member at a higher `image_size` than the data's sees the student's augmented view with
+    more pixels (`images_<S>px.npy`, cached from the source files): detail the student at
+    deployment size cannot see, distilled into it. Like the baseline, members train on real
+    images only and keep a checkpoint by `train.select`.
+    """
+
+    members: int = 0  # 0: none; member k trains at seed + k
+    model: str = "resnet10t"
+    loss: str = "baseline"  # ce | weighted_ce | balanced_sampler | baseline (what (b) used)
+    image_size: int | None = None  # None: data.image_size
+    augment: bool = True
+    drop_rate: float = 0.1
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=2e-3))
+
+
+@dataclass(frozen=True)
 class VAEConfig:
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     latent_channels: int = 4
@@ -255,6 +275,7 @@ class Config:
     threads: int = 0  # torch CPU threads; 0 = DERMAE_THREADS, else what the process may use
     data: DataConfig = field(default_factory=DataConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    cnn_teacher: CnnTeacherConfig = field(default_factory=CnnTeacherConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     ldm: LDMConfig = field(default_factory=LDMConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
@@ -474,7 +495,7 @@ UNIT_FLOAT_KEYS = frozenset(
         "max_balanced_acc_drop",
     }
 )
-TIMM_MODEL_KEYS = ("baseline.model", "distill.model")
+TIMM_MODEL_KEYS = ("baseline.model", "cnn_teacher.model", "distill.model")
 VIT_MODEL_KEYS = ("pretrain.model", "finetune.model")
 MAX_NAME_LENGTH = 255  # bytes per file or folder name on common file systems
 

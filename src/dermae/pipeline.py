@@ -69,6 +69,13 @@ STAGES: tuple[Stage, ...] = (
         ("baseline",),
         "more seeds of the baseline, as teacher members",
     ),
+    Stage(
+        "cnn_teacher",
+        "dermae.classify.cnn_teacher:train_cnn_teacher",
+        ("cnn_teacher", THRESHOLDS),
+        ("baseline",),  # loss 'baseline' is whatever (b) used
+        "CNN teacher members at their own budget and resolution",
+    ),
     Stage("vae", "dermae.synth.vae:train_vae", ("vae",), ("prepare",), "latent autoencoder"),
     Stage("ldm", "dermae.synth.ldm:train_ldm", ("ldm",), ("vae",), "class-conditioned UNet"),
     Stage(
@@ -104,7 +111,7 @@ STAGES: tuple[Stage, ...] = (
         "dermae.distill.train:distill",
         ("distill", THRESHOLDS),
         # the baseline (and its extra seeds) may be members of the teacher ensemble
-        ("finetune", "baseline", "baseline_seeds"),
+        ("finetune", "baseline", "baseline_seeds", "cnn_teacher"),
         "student distillation",
     ),
     Stage(
@@ -119,7 +126,7 @@ STAGES: tuple[Stage, ...] = (
         "dermae.evaluate.ablation:ablate",
         # pretrain and finetune: variants (e) and (f) train other teachers the same way
         ("baseline", "distill", "evaluate", "ablate", "pretrain", "finetune"),
-        ("distill", "baseline", "baseline_seeds"),
+        ("distill", "baseline", "baseline_seeds", "cnn_teacher"),
         "ablation against the plain baseline",
     ),
     Stage(
@@ -142,7 +149,17 @@ STAGE_NAMES = tuple(s.name for s in STAGES)
 # others run on rank 0 while the rest wait.
 STAGE_WAIT = timedelta(hours=12)
 TRAINING_STAGES = frozenset(
-    {"baseline", "baseline_seeds", "vae", "ldm", "pretrain", "finetune", "distill", "ablate"}
+    {
+        "baseline",
+        "baseline_seeds",
+        "cnn_teacher",
+        "vae",
+        "ldm",
+        "pretrain",
+        "finetune",
+        "distill",
+        "ablate",
+    }
 )
 
 # Stages made of many trainings, each of which resumes only a checkpoint whose own fingerprint

@@ -79,9 +79,16 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
     paired = ablation["external_paired_bootstrap"]["site"]
     assert "d_dermae - b_simple_fix" in paired
     ensemble = json.loads((run_dir / "teacher_ensemble" / "model" / "config.json").read_text())
-    # ViT teacher, the baseline and its one extra seed (distill.baseline_seeds: 1)
-    assert ensemble["arch"] == "ensemble" and len(ensemble["members"]) == 3
+    # ViT teacher, the baseline, its one extra seed (distill.baseline_seeds: 1) and the
+    # cnn_teacher member at 48 px, which sees the student's view cached at 48 px
+    assert ensemble["arch"] == "ensemble" and len(ensemble["members"]) == 4
     assert "baseline_seeds/seed_plus_1" in ensemble["member_sources"][2]
+    assert "cnn_teacher/seed_plus_1" in ensemble["member_sources"][3]
+    assert [m["image_size"] for m in ensemble["members"]] == [32, 32, 32, 48]
+    student_config = json.loads((run_dir / "student" / "model" / "config.json").read_text())
+    assert student_config["image_size"] == 32
+    assert student_config["distilled"]["teacher_view"] == "its own resolution"
+    assert (run_dir / "data" / "images_48px.npy").exists()
     assert (run_dir / "export" / "model.onnx").exists()
 
     second = _dermae("run", "--set", external, run_dir=run_dir)

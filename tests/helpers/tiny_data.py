@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
+from dermae.data.cache import load_square
 from dermae.data.classes import MALIGNANT_CODES
 from dermae.data.prepared import MANIFEST_COLUMNS, data_dir
 
@@ -39,21 +41,36 @@ def make_prepared(
     size: int = 16,
     classes: tuple[str, ...] = DEFAULT_CLASSES,
     seed: int = 0,
+    source_size: int | None = None,
 ) -> Path:
-    """Write manifest.csv / images.npy / info.json; splits 60/20/20 by lesion (2 images each)."""
+    """Write manifest.csv / images.npy / info.json; splits 60/20/20 by lesion (2 images each).
+
+    `source_size`: also write each image as a PNG of that size under `<run_dir>/sources/`
+    (the manifest's paths), cached at `size` by the real image loader, so the data can be
+    cached again at another size (`PreparedData.at_size`)."""
     rng = np.random.default_rng(seed)
     root = data_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
+    sources = Path(run_dir) / "sources"
+    if source_size is not None:
+        sources.mkdir(parents=True, exist_ok=True)
     rows, images = [], []
     for label, name in enumerate(classes):
         for i in range(n_per_class):
             lesion = i // 2  # two images per lesion
             fraction = lesion / max(1, (n_per_class + 1) // 2)
             split = "train" if fraction < 0.6 else ("val" if fraction < 0.8 else "test")
+            path = f"/synthetic/{name}_{i:03d}.png"
+            if source_size is None:
+                images.append(class_image(rng, label, size))
+            else:
+                path = str(sources / f"{name}_{i:03d}.png")
+                Image.fromarray(class_image(rng, label, source_size)).save(path)
+                images.append(load_square(path, size)[0])
             rows.append(
                 {
                     "image_id": f"{name}_{i:03d}",
-                    "path": f"/synthetic/{name}_{i:03d}.png",
+                    "path": path,
                     "diagnosis": name,
                     "label": label,
                     "malignant": int(name in MALIGNANT_CODES),
@@ -64,10 +81,9 @@ def make_prepared(
                     "dx_type": "histo",
                     "split": split,
                     "source": "real",
-                    "cache_index": len(images),
+                    "cache_index": len(images) - 1,
                 }
             )
-            images.append(class_image(rng, label, size))
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     manifest.to_csv(root / "manifest.csv", index=False)
     np.save(root / "images.npy", np.stack(images))

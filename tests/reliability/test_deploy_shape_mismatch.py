@@ -1,4 +1,6 @@
-"""A model meets data of another size: refused, naming both sizes (never silent metrics)."""
+"""A model meets data of another size whose sources are gone: refused, naming both sizes
+(never silent metrics on resized images). With the sources there, the images are cached
+again at the model's size (tests/unit/test_teacher_resolution.py)."""
 
 from __future__ import annotations
 
@@ -19,8 +21,12 @@ def test_evaluating_a_32px_model_on_16px_data_is_refused(cli, tmp_path: Path):
         model = save_classifier(tmp_path / "model32", build_classifier(config))
     result = cli("evaluate", "--run-dir", run, "--model", model)
     assert result.code == 2
-    assert result.error_lines[-1] == (
-        f"dermae: error: {model} is a 32-px model but {run / 'data'} holds 16-px images: "
+    line = result.error_lines[-1]
+    assert line.startswith(
+        f"dermae: error: {model} is a 32-px model but {run / 'data'} holds 16-px images, and "
+        "their sources cannot be cached again at 32 px ("
+    )
+    assert line.endswith(
         "evaluate it on data prepared at 32 px (--set data.image_size=32 with another --run-dir)"
     )
     assert not (run / "evaluate").exists() or not any((run / "evaluate").rglob("metrics.json"))

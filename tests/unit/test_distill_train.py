@@ -101,6 +101,8 @@ def test_distill_with_cached_logits_and_a_teacher_at_another_resolution(tmp_path
     _, config = load_classifier(model_dir)
     assert config["image_size"] == 16
     assert config["distilled"]["teacher_image_size"] == 32
+    # No source files to cache the data at 32 px: the teacher's input is resized, and says so.
+    assert config["distilled"]["teacher_view"] == "the student's images, resized up"
     assert config["distilled"]["cache_teacher_logits"] is True
     assert config["train_rows"] == {"real": n_real, "synthetic": 0}
     stats = json.loads((tmp_path / "abl" / STATS_FILE).read_text())

@@ -41,13 +41,17 @@ def train_baseline(
     stage_cfg: BaselineConfig | None = None,
     synthetic_ratio: float = 0.0,
     resume: bool = True,
+    image_size: int | None = None,
 ) -> Path:
     """Train a timm classifier; returns the saved classifier folder `<run_dir>/<stage>/model`.
 
-    `synthetic_ratio` exists for the ablation (real + synthetic, same recipe).
+    `synthetic_ratio` exists for the ablation (real + synthetic, same recipe); `image_size`
+    (default: the data's) for teacher members at a higher resolution.
     """
     stage_cfg = stage_cfg or cfg.baseline
     if stage_cfg.loss == "auto":
+        if image_size is not None:
+            raise ValueError("loss 'auto' chooses (b)'s loss at the data's size; name the loss")
         return _best_simple_fix(cfg, run_dir, stage, stage_cfg, synthetic_ratio, resume)
     recipe = Recipe.of(stage_cfg, synthetic_ratio=synthetic_ratio)
 
@@ -71,6 +75,7 @@ def train_baseline(
         make_task,
         resume=resume,
         run_config={"stage": to_dict(stage_cfg)},
+        image_size=image_size,
     )
     return trained.model_dir
 

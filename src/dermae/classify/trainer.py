@@ -91,6 +91,8 @@ def train_classifier(
     extra_config: dict[str, Any] | None = None,
     desc: str | None = None,
     upstream: list[Path] | None = None,
+    image_size: int | None = None,
+    teacher_size: int | None = None,
 ) -> Trained:
     """Train the classifier `make_task(setup).model` into `<run_dir>/<stage>/`.
 
@@ -98,11 +100,20 @@ def train_classifier(
     classifier `train.select` keeps, best-by-validation or last step, with thresholds chosen
     on validation). `upstream`: model
     folders the task builds on (an encoder, a teacher); a checkpoint made on other upstream
-    weights is not resumed.
+    weights is not resumed. `image_size`: train at this resolution instead of the data's
+    (real rows only; the images are cached at that size on first use). `teacher_size`: the
+    train batches also carry "teacher_image", the same augmented view at that resolution.
     """
     run_dir = Path(run_dir)
     with_synth = uses_synthetic(cfg, recipe)
     prepared = load_prepared(run_dir, with_synthetic=with_synth)
+    if image_size is not None and image_size != prepared.image_size:
+        if with_synth:
+            raise ValueError(
+                f"{stage}: synthetic images exist only at {prepared.image_size} px, so a model "
+                f"at {image_size} px trains on real images only (synthetic_ratio 0)"
+            )
+        prepared = prepared.at_size(image_size)
     view = target_view(prepared, cfg.data.label)
     rows = prepared.rows(
         "train",
@@ -110,7 +121,8 @@ def train_classifier(
         synthetic_ratio=recipe.synthetic_ratio,
         seed=cfg.seed,
     )
-    train_set = prepared.dataset(rows, train_augment() if recipe.augment else None)
+    augment = train_augment() if recipe.augment else None
+    train_set = prepared.dataset(rows, augment, view_size=teacher_size)
     val_set = prepared.dataset(prepared.rows("val"))
     targets = dataset_targets(train_set, view.key)
     synthetic = (rows["source"] == "synthetic").to_numpy()

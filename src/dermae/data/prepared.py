@@ -8,10 +8,14 @@ Layout of `<run_dir>/data/`:
     synthetic/manifest.csv + synthetic/images.npy   (written by `dermae synth sample`;
                    same columns plus seed, guidance, steps, model_id; split=train,
                    source=synthetic)
+    images_<S>px.npy   the real images again at another size S, made on first use
+                   (`PreparedData.at_size`) for a model trained or evaluated at S (a teacher
+                   at twice the student's resolution); row i = the i-th real cache_index
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -22,8 +26,11 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
 
+from dermae.data.cache import build_image_cache
 from dermae.data.errors import DataError
+from dermae.data.transforms import to_resolution
 
 MANIFEST_COLUMNS = [
     "image_id",
@@ -84,8 +91,55 @@ class PreparedData:
             synth = synth.sample(frac=synthetic_ratio, random_state=seed)
         return pd.concat([real, synth])
 
-    def dataset(self, rows: pd.DataFrame, transform=None) -> LesionDataset:
-        return LesionDataset(rows, self.arrays, transform)
+    def dataset(
+        self, rows: pd.DataFrame, transform=None, view_size: int | None = None
+    ) -> LesionDataset:
+        """`rows` as a Dataset; `view_size` (> image_size) adds "teacher_image": the same
+        augmented view at that resolution (see `LesionDataset`)."""
+        if view_size is None or view_size == self.image_size:
+            return LesionDataset(rows, self.arrays, transform)
+        if view_size < self.image_size:
+            raise ValueError(
+                f"a teacher view of {view_size} px is smaller than the {self.image_size}-px "
+                "images; a smaller teacher resizes the student's view itself"
+            )
+        larger = self.at_size(view_size)
+        index = np.full(len(rows), -1, dtype=np.int64)  # -1: no larger image (synthetic)
+        real = (rows["source"] == "real").to_numpy()
+        index[real] = self._real_order().searchsorted(rows["cache_index"].to_numpy()[real])
+        return LesionDataset(
+            rows, self.arrays, transform, (view_size, larger.arrays["real"], index)
+        )
+
+    def _real_order(self) -> np.ndarray:
+        real = self.manifest[self.manifest["source"] == "real"]
+        return np.unique(real["cache_index"].to_numpy(dtype=np.int64))
+
+    def at_size(self, size: int, progress: bool = True) -> PreparedData:
+        """The real rows with their images at `size` px, cached as `images_<size>px.npy` from
+        the same source files (made once, reused while they are unchanged). Synthetic images
+        exist only at the generator's size, so they are not part of it."""
+        if size == self.image_size:
+            return self
+        real = self.manifest[self.manifest["source"] == "real"]
+        order = self._real_order()
+        paths = real.drop_duplicates("cache_index").set_index("cache_index")["path"]
+        out = self.root / f"images_{size}px.npy"
+        report = build_image_cache([paths[i] for i in order], size, out, progress)
+        if report.failures:
+            first = next(iter(report.failures.values()))
+            raise DataError(
+                f"{len(report.failures)} images of {self.root / 'manifest.csv'} could not be "
+                f"read again to cache them at {size} px (first: {first}); restore the source "
+                f"files or rerun `dermae data prepare -c CONFIG`"
+            )
+        manifest = real.assign(cache_index=order.searchsorted(real["cache_index"].to_numpy()))
+        return dataclasses.replace(
+            self,
+            manifest=manifest,
+            arrays={"real": _open_images(out, "dermae data prepare -c CONFIG")},
+            image_size=size,
+        )
 
 
 def _open_images(path: Path, remedy: str) -> np.ndarray:
@@ -185,12 +239,25 @@ FINGERPRINT_COLUMNS = ("image_id", "source", "split", "label", "group_id", "mode
 
 
 class LesionDataset(Dataset):
-    """Yields {"image": float [3, S, S] in [0, 1], "label", "malignant", "index", "synthetic"}."""
+    """Yields {"image": float [3, S, S] in [0, 1], "label", "malignant", "index", "synthetic"}.
 
-    def __init__(self, rows: pd.DataFrame, arrays: dict[str, np.ndarray], transform=None):
+    `view` = (size, images, index) adds "teacher_image" [3, size, size]: row i's image
+    `images[index[i]]`, augmented with the very same draw as "image" (flip, rotation, colour),
+    so a teacher at a higher resolution sees the student's view with more pixels. Rows with
+    index -1 (synthetic images, made at S only) get the augmented "image" resized to `size`.
+    """
+
+    def __init__(
+        self,
+        rows: pd.DataFrame,
+        arrays: dict[str, np.ndarray],
+        transform=None,
+        view: tuple[int, np.ndarray, np.ndarray] | None = None,
+    ):
         self.rows = rows.reset_index(drop=True)
         self.arrays = arrays
         self.transform = transform
+        self.view = view
         self._source = self.rows["source"].to_numpy()
         self._cache_index = self.rows["cache_index"].to_numpy(dtype=np.int64)
         self.labels = self.rows["label"].to_numpy(dtype=np.int64)
@@ -205,18 +272,34 @@ class LesionDataset(Dataset):
         cols = [c for c in FINGERPRINT_COLUMNS if c in self.rows.columns]
         h = hashlib.sha256(pd.util.hash_pandas_object(self.rows[cols], index=False).to_numpy())
         shapes = {k: list(v.shape) for k, v in sorted(self.arrays.items())}
-        h.update(json.dumps([cols, shapes]).encode())
+        view = None if self.view is None else list(self.view[1].shape)
+        h.update(json.dumps([cols, shapes] + ([view] if view else [])).encode())
         return h.hexdigest()[:16]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         pixels = self.arrays[self._source[i]][self._cache_index[i]]  # [S, S, 3] uint8
         image = torch.from_numpy(np.array(pixels)).permute(2, 0, 1)  # copy: the cache is read-only
-        if self.transform is not None:
+        larger = None
+        if self.view is not None and self.view[2][i] >= 0:
+            larger = torch.from_numpy(np.array(self.view[1][self.view[2][i]])).permute(2, 0, 1)
+        if self.transform is not None and larger is not None:
+            # Two tv_tensors in one call: one draw of every random parameter for both.
+            image, larger = self.transform(tv_tensors.Image(image), tv_tensors.Image(larger))
+            image, larger = image.as_subclass(torch.Tensor), larger.as_subclass(torch.Tensor)
+        elif self.transform is not None:
             image = self.transform(image)
-        return {
+        item = {
             "image": image.float().div_(255.0),
             "label": torch.tensor(self.labels[i]),
             "malignant": torch.tensor(self.malignant[i]),
             "index": torch.tensor(i),
             "synthetic": torch.tensor(self._source[i] == "synthetic"),
         }
+        if self.view is not None:
+            size = self.view[0]
+            item["teacher_image"] = (
+                larger.float().div_(255.0)
+                if larger is not None
+                else to_resolution(item["image"][None], size)[0]
+            )
+        return item

@@ -3,8 +3,9 @@
 Both are `Classifier`s: they take [0, 1] images and normalise them with their own mean/std,
 so the teacher sees exactly its own normalisation of the image the student sees (no
 un-normalise / re-normalise round trip). When the teacher was trained at another
-resolution, the [0, 1] batch is resized to the teacher's `image_size` first (bilinear with
-antialiasing, i.e. what a downscaled image cache would hold, up to the resampling filter).
+resolution, it gets the batch's "teacher_image" (the same augmented view at a higher
+resolution, cached from the source files) when there is one, else the [0, 1] batch resized
+to the teacher's `image_size` (bilinear with antialiasing).
 
 Teacher logits come live (teacher forward on the same augmented batch) or from a cache
 made once over the un-augmented train set (`teacher_logits_for`). The cache trades signal
@@ -36,6 +37,12 @@ from dermae.data.transforms import to_resolution
 from dermae.distill.losses import kd_terms
 
 
+def teacher_view(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The teacher's image: "teacher_image" (the student's view at a higher resolution) when
+    the batch carries one, else the student's own "image"."""
+    return batch.get("teacher_image", batch["image"])
+
+
 def freeze(module: nn.Module) -> nn.Module:
     module.requires_grad_(False)
     return module.eval()
@@ -59,7 +66,7 @@ def teacher_logits_for(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     out = torch.empty(len(dataset), int(teacher.config["num_classes"]))
     for batch in tqdm(loader, desc="teacher logits", leave=False, disable=len(loader) < 5):
-        logits = teacher(to_resolution(batch["image"].to(device), size))
+        logits = teacher(to_resolution(teacher_view(batch).to(device), size))
         out[batch["index"]] = logits.float().cpu()
     teacher.to(home)
     return out
@@ -115,7 +122,7 @@ class DistillTask(nn.Module):
     def teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.cached_logits is not None:
             return self.cached_logits[batch["index"].to(self.cached_logits.device)]
-        return self.teacher(to_resolution(batch["image"], self.teacher_size))
+        return self.teacher(to_resolution(teacher_view(batch), self.teacher_size))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         hard = None
@@ -125,7 +132,8 @@ class DistillTask(nn.Module):
         lam = None
         if self.mixup > 0 and self.training:
             lam = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
-            batch = {**batch, "image": lam * batch["image"] + (1 - lam) * batch["image"].flip(0)}
+            views = [k for k in ("image", "teacher_image") if k in batch]
+            batch = {**batch, **{k: lam * batch[k] + (1 - lam) * batch[k].flip(0) for k in views}}
         logits = self.model(batch["image"])  # [N, C]
         teacher = self.teacher_logits(batch)
         terms = kd_terms(logits, teacher, targets, self.alpha, self.temperature, self.weights, hard)

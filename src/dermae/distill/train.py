@@ -8,6 +8,7 @@ thresholds) and `<run_dir>/<stage>/model_stats.json` (size, FLOPs, CPU latency).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -22,6 +23,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dermae.classify.baseline import baseline_seed_dirs, chosen_loss
+from dermae.classify.cnn_teacher import STAGE as CNN_TEACHER
+from dermae.classify.cnn_teacher import cnn_teacher_members
 from dermae.classify.common import target_view
 from dermae.classify.ensemble import build_ensemble
 from dermae.classify.model import (
@@ -34,6 +37,7 @@ from dermae.classify.model import (
 from dermae.classify.thresholds import attach_thresholds
 from dermae.classify.trainer import Recipe, TrainSetup, train_classifier
 from dermae.config import Config, to_dict
+from dermae.data.errors import DataError
 from dermae.data.prepared import load_prepared
 from dermae.distill.task import DistillTask, teacher_logits_for
 from dermae.engine.checkpoint import CONFIG_FILE, MODEL_FILE, save_model
@@ -127,10 +131,14 @@ def load_teacher(
     """One teacher classifier, or an ensemble of several saved as `ensemble_dir`.
 
     Each entry of `teachers` is a classifier folder, or a run-dir stage folder holding `model/`;
-    the entry `baseline` brings the `distill.baseline_seeds` extra seeds of (b) with it.
+    the entry `baseline` brings the `distill.baseline_seeds` extra seeds of (b) with it, and
+    the entry `cnn_teacher` stands for the `cnn_teacher` stage's members.
     """
     folders = []
     for entry in teachers:
+        if str(entry) == CNN_TEACHER:
+            folders += cnn_teacher_members(cfg, run_dir)
+            continue
         folders.append(resolve_teacher(run_dir, run_dir / entry))
         if str(entry) == "baseline":
             folders += [
@@ -141,13 +149,37 @@ def load_teacher(
         return teacher, config, folders[0]
     members = [load_classifier(f)[0] for f in folders]
     ensemble = build_ensemble(members, [str(f) for f in folders])
-    # Thresholds on validation, like every classifier, so the ensemble is scored like them.
+    # Thresholds on validation, like every classifier, so the ensemble is scored like them
+    # (at its largest member's resolution; smaller members resize from it).
     prepared = load_prepared(run_dir, with_synthetic=False)
+    with contextlib.suppress(DataError):  # no sources: resized images (distill warns)
+        prepared = prepared.at_size(max(prepared.image_size, int(ensemble.config["image_size"])))
     val_set = prepared.dataset(prepared.rows("val"))
     view = target_view(prepared, cfg.data.label)
     extra = attach_thresholds(ensemble, val_set, view, cfg.evaluate.specificities)
     save_classifier(ensemble_dir, ensemble, extra)
     return ensemble, {**ensemble.config, **extra}, ensemble_dir
+
+
+def _teacher_view(run_dir: Path, teacher_size: int) -> tuple[int | None, str]:
+    """(size of the extra "teacher_image" view or None, what the teacher sees, in words).
+
+    A teacher at a higher resolution than the data gets the student's augmented view at its
+    own size, cached from the source files. Without them it gets the student's images resized
+    up (less than it was trained on), and says so.
+    """
+    prepared = load_prepared(run_dir, with_synthetic=False)
+    if teacher_size <= prepared.image_size:
+        return None, "the student's images"
+    try:
+        prepared.at_size(teacher_size)
+    except DataError as err:
+        print(
+            f"distill: warning: the {teacher_size}-px teacher gets the student's "
+            f"{prepared.image_size}-px images resized up: {err}"
+        )
+        return None, "the student's images, resized up"
+    return teacher_size, "its own resolution"
 
 
 def distill(
@@ -180,6 +212,8 @@ def distill(
     if not include_synthetic:
         recipe = dataclasses.replace(recipe, synthetic_ratio=0.0)
     cache_seconds = 0.0
+    teacher_size = int(teacher_config["image_size"])
+    view_size, view = _teacher_view(run_dir, teacher_size)
 
     def make_task(setup: TrainSetup) -> DistillTask:
         nonlocal cache_seconds
@@ -187,7 +221,7 @@ def distill(
         cached = None
         if dcfg.cache_teacher_logits:
             start = time.perf_counter()
-            clean = setup.prepared.dataset(setup.train_set.rows)  # un-augmented
+            clean = setup.prepared.dataset(setup.train_set.rows, view_size=view_size)
             cached = teacher_logits_for(teacher, clean)
             cache_seconds = time.perf_counter() - start
         student = build_classifier(
@@ -214,7 +248,8 @@ def distill(
     provenance = {
         "teacher": str(teacher_path),
         "teacher_arch": teacher_config["arch"],
-        "teacher_image_size": int(teacher_config["image_size"]),
+        "teacher_image_size": teacher_size,
+        "teacher_view": view,
         "teacher_members": teacher_config.get("member_sources", [str(teacher_path)]),
         "alpha": dcfg.alpha,
         "temperature": dcfg.temperature,
@@ -232,6 +267,7 @@ def distill(
         run_config={"stage": to_dict(dcfg), **provenance},
         extra_config={"distilled": provenance},
         upstream=[teacher_path],
+        teacher_size=view_size,
     )
     model_dir = trained.model_dir
     stats = {

@@ -16,6 +16,7 @@ import pandas as pd
 from dermae.classify.common import predict_probs
 from dermae.classify.model import load_classifier
 from dermae.config import Config, EvalConfig
+from dermae.data.errors import DataError
 from dermae.data.prepared import PreparedData, load_prepared
 from dermae.evaluate.bootstrap import bootstrap_ci
 from dermae.evaluate.plots import plot_confusion_matrix, plot_reliability, plot_roc
@@ -60,12 +61,17 @@ def evaluate_model(
     model, config = load_classifier(model_dir)
     model_size = int(config["image_size"])
     if prepared.image_size != model_size:
-        # A CNN runs on any size, so the metrics would look fine while meaning nothing.
-        raise ValueError(
-            f"{model_dir} is a {model_size}-px model but {prepared.root} holds "
-            f"{prepared.image_size}-px images: evaluate it on data prepared at {model_size} px "
-            f"(--set data.image_size={model_size} with another --run-dir)"
-        )
+        # A CNN runs on any size, so metrics on resized images would look fine while meaning
+        # little: the model sees the same images cached at its own size (a teacher at 2x).
+        try:
+            prepared = prepared.at_size(model_size)
+        except DataError as err:
+            raise ValueError(
+                f"{model_dir} is a {model_size}-px model but {prepared.root} holds "
+                f"{prepared.image_size}-px images, and their sources cannot be cached again "
+                f"at {model_size} px ({err}): evaluate it on data prepared at {model_size} px "
+                f"(--set data.image_size={model_size} with another --run-dir)"
+            ) from err
     rows = prepared.rows(split).reset_index(drop=True)
     if rows.empty:
         raise ValueError(f"split '{split}' of {prepared.root} has no images to evaluate")
