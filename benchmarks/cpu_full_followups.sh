@@ -21,21 +21,50 @@
 #                                         (ablate.seeds), the run's teacher
 #   SEEDS=3 bash benchmarks/cpu_full_followups.sh kd-mixup 0.4 0.4-seeds-3  # kd-mixup, and the
 #                                         ablation at SEEDS seeds (default 1)
+#   MEMBERS=2 STEPS=1800 bash benchmarks/cpu_full_followups.sh cnn-teacher 128 h128  # two
+#                                         cnn_teacher members at VALUE px (resnet10t, (b)'s
+#                                         loss, STEPS steps); UNTIL=cnn_teacher stops there;
+#                                         else the student from TEACHERS (default
+#                                         [teacher,baseline,cnn_teacher]) and the ablation at
+#                                         SEEDS seeds. Reruns resume what is done.
 # The same on another finished run: SRC names its folder, CONFIG its config, e.g.
 #   SRC=runs/demo CONFIG=configs/demo.yaml bash benchmarks/cpu_full_followups.sh ldm-steps 3200 3200
 set -euo pipefail
 KIND=${1:-} VALUE=${2:-} NAME=${3:-}
-case "$KIND" in kd|ldm|ldm-steps|patient|seed|kd-extra|kd-seeds|kd-mixup|seeds) ;;
-  *) echo "usage: $0 kd|ldm|ldm-steps|patient|seed|kd-extra|kd-seeds|kd-mixup|seeds VALUE NAME" >&2; exit 2 ;; esac
+KINDS="kd|ldm|ldm-steps|patient|seed|kd-extra|kd-seeds|kd-mixup|seeds|cnn-teacher"
+case "$KIND" in kd|ldm|ldm-steps|patient|seed|kd-extra|kd-seeds|kd-mixup|seeds|cnn-teacher) ;;
+  *) echo "usage: $0 $KINDS VALUE NAME" >&2; exit 2 ;; esac
 SRC=${SRC:-runs/cpu-full}
 CONFIG=${CONFIG:-configs/cpu-full.yaml}
 DERMAE=${DERMAE:-.venv/bin/dermae}
 DST=$SRC-$KIND-$NAME
-rm -rf "$DST" && mkdir -p "$DST/stages"
-cp "$SRC/config.yaml" "$DST/"
 marks() { for m in "$@"; do cp "$SRC/stages/$m.json" "$DST/stages/"; done; }
+if [ "$KIND" = cnn-teacher ] && [ -d "$DST" ]; then
+  echo "resuming in $DST"  # its members and students resume where they stopped
+else
+  rm -rf "$DST" && mkdir -p "$DST/stages"
+  cp "$SRC/config.yaml" "$DST/"
+  if [ "$KIND" = cnn-teacher ]; then
+    cp -r "$SRC/data" "$SRC/baseline" "$SRC/baseline_seeds" "$SRC/teacher" "$DST/"
+    marks prepare baseline baseline_seeds vae ldm sample synth_quality pretrain finetune
+  fi
+fi
 uptime
-if [ "$KIND" = kd ]; then
+if [ "$KIND" = cnn-teacher ]; then
+  # Same data, (b), its extra seeds and the ViT teacher; cnn_teacher members at VALUE px join
+  # the teacher, the student keeps (b)'s size and budget, then (b) and (d) are paired.
+  SET=(-c "$CONFIG" --run-dir "$DST" --set "cnn_teacher.members=${MEMBERS:-2}"
+       --set "cnn_teacher.image_size=$VALUE" --set "cnn_teacher.train.max_steps=${STEPS:-1800}"
+       --set cnn_teacher.train.lr=0.003 --set cnn_teacher.train.warmup_steps=50
+       --set cnn_teacher.train.eval_every=100 --set cnn_teacher.train.mixed_precision=auto
+       --set "distill.teachers=${TEACHERS:-[teacher,baseline,cnn_teacher]}"
+       --set "ablate.variants=[b,d]" --set "ablate.seeds=${SEEDS:-1}")
+  "$DERMAE" run "${SET[@]}" --until cnn_teacher
+  if [ "${UNTIL:-}" != cnn_teacher ]; then
+    "$DERMAE" distill "${SET[@]}"
+    "$DERMAE" ablate "${SET[@]}"
+  fi
+elif [ "$KIND" = kd ]; then
   # Same (b), teacher and filtered synthetic images; only the student is retrained.
   cp -r "$SRC/data" "$SRC/baseline" "$SRC/teacher" "$DST/"
   marks prepare baseline vae ldm sample synth_quality pretrain finetune

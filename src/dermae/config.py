@@ -79,6 +79,9 @@ class BaselineConfig:
     loss: str = "weighted_ce"  # ce | weighted_ce | balanced_sampler | auto (better on val)
     augment: bool = True
     drop_rate: float = 0.1
+    # > 0: each batch is blended with itself reversed, lam ~ Beta(mixup, mixup), and the loss
+    # is the lam-weighted pair of both rows' labels (as distill.mixup, without a teacher). 0: off.
+    mixup: float = 0.0
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=2e-3))
 
 

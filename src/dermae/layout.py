@@ -2,6 +2,8 @@
 
 <run_dir>/data/            prepared data (manifest, image cache; synthetic/ beside it)
           baseline/model   the plain baseline classifier      (dermae train)
+          baseline_seeds/  more seeds of it, as teacher members
+          cnn_teacher/     CNN teacher members at their own budget and size
           synth/           VAE, UNet, samples' quality         (dermae synth ...)
           pretrain/encoder the MAE encoder                     (dermae pretrain)
           teacher/model    the fine-tuned ViT teacher          (dermae finetune)

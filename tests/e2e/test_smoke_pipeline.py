@@ -66,7 +66,9 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
     assert (run_dir / "report.html").stat().st_size > 10_000
     ablation = json.loads((run_dir / "ablate" / "ablation.json").read_text())
     variants = {"a_real_ce", "b_simple_fix", "c_real_synth", "d_dermae", "e_no_mae"}
-    assert variants | {"f_no_synth_pretrain", "teacher_ensemble"} <= set(ablation["models"])
+    assert variants | {"f_no_synth_pretrain", "g_mixup_no_kd", "teacher_ensemble"} <= set(
+        ablation["models"]
+    )
     assert ablation["reference"] == "b_simple_fix"
     seeds = ablation["seeds"]  # ablate.seeds: 3
     assert seeds["n"] == 3 and len(seeds["models"]["d_dermae"]) == 3

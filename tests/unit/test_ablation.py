@@ -112,3 +112,9 @@ def test_size_line_names_the_teacher_members():
     )
     one = size_line({"student": small, "teacher": {**teacher, "arch": "vit"}})
     assert one.startswith("Teacher vit: 20.1 M")  # older records have no member list
+    assert "works at" not in one
+    sized = {"student": {**small, "image_size": 64}}
+    sized["teacher"] = {**teacher, "image_size": 128, "view": "its own resolution"}
+    assert size_line(sized).endswith(
+        "The teacher works at 128 px (its own resolution), the student at 64 px."
+    )

@@ -128,3 +128,29 @@ def test_baseline_seeds_need_a_baseline_teacher():
         load_config(None, ["distill.teachers=[teacher]", "distill.baseline_seeds=1"])
     with pytest.raises(ConfigError, match="must not be negative"):
         load_config(None, ["distill.teachers=[teacher, baseline]", "distill.baseline_seeds=-1"])
+
+
+def test_baseline_mixup_is_the_lam_weighted_pair_of_both_labels():
+    import torch
+    from torch.nn import functional as F
+
+    from dermae.classify.common import ClassificationTask, batch_mixup
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+    images, targets = torch.rand(6, 3, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    task = ClassificationTask(net, "label", mix=batch_mixup(0.4, 3)).train()
+    torch.manual_seed(5)
+    loss = task({"image": images, "label": targets})["loss"]
+    torch.manual_seed(5)
+    lam = float(torch.distributions.Beta(0.4, 0.4).sample())
+    logits = net(lam * images + (1 - lam) * images.flip(0))
+    expected = lam * F.cross_entropy(logits, targets) + (1 - lam) * F.cross_entropy(
+        logits, targets.flip(0)
+    )
+    torch.testing.assert_close(loss, expected)
+    assert 0 < lam < 1
+    with torch.no_grad():  # evaluation sees the images unmixed
+        task.eval()
+        plain = task({"image": images, "label": targets})["loss"]
+    torch.testing.assert_close(plain, F.cross_entropy(net(images), targets))

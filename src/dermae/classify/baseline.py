@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from dermae.classify.common import LOSSES, ClassificationTask, loss_setup
+from dermae.classify.common import LOSSES, ClassificationTask, batch_mixup, loss_setup
 from dermae.classify.model import (
     build_classifier,
     classifier_config,
@@ -65,7 +65,10 @@ def train_baseline(
                 {"drop_rate": stage_cfg.drop_rate},
             )
         )
-        return ClassificationTask(model, setup.view.key, setup.class_weights)
+        mix = None
+        if stage_cfg.mixup > 0:
+            mix = batch_mixup(stage_cfg.mixup, len(setup.view.class_names))
+        return ClassificationTask(model, setup.view.key, setup.class_weights, mix)
 
     trained = train_classifier(
         cfg,

@@ -95,6 +95,22 @@ def loss_setup(
     return weights, sampler
 
 
+def batch_mixup(alpha: float, num_classes: int) -> Callable:
+    """(images, targets) -> (each image blended with the batch reversed, soft targets);
+    lam ~ Beta(alpha, alpha) per batch: distillation's mixup (`distill.mixup`) without the
+    teacher, so "(b) + mixup" is its control."""
+
+    def mix(images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        one_hot = F.one_hot(targets, num_classes).float()
+        return (
+            lam * images + (1 - lam) * images.flip(0),
+            lam * one_hot + (1 - lam) * one_hot.flip(0),
+        )
+
+    return mix
+
+
 class ClassificationTask(nn.Module):
     """Cross-entropy on one target view; optional class weights and soft (mixup) targets."""
 

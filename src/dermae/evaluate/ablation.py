@@ -11,6 +11,8 @@ where that is the variable under test:
   (d) DerMAE: (b)'s recipe + KD from the MAE teacher (+ synthetic transfer images)
   (e) as (d), teacher fine-tuned from scratch          — isolates MAE pre-training
   (f) as (d), teacher pre-trained without synthetics   — isolates synthesis for the teacher
+  (g) (b) + the student's mixup (`distill.mixup`), no teacher — isolates the teacher when
+      the student mixes its batches (with `distill.mixup: 0`, (b) is already that control)
 plus the teachers themselves. Every model is scored on the test split with lesion-bootstrap
 CIs, and every variant (and teacher) is compared with (b) by a paired bootstrap over the same
 lesion resamples. The verdict — the paired differences against (b) — comes first.
@@ -66,6 +68,7 @@ VARIANTS = {
     "d": ("d_dermae", "(d) DerMAE student"),
     "e": ("e_no_mae", "(e) KD, teacher without MAE"),
     "f": ("f_no_synth_pretrain", "(f) KD, teacher pre-trained without synthetics"),
+    "g": ("g_mixup_no_kd", "(g) (b) + the student's mixup, no teacher"),
 }
 TEACHERS = {
     TEACHER: (TEACHER, "MAE ViT teacher"),
@@ -179,6 +182,14 @@ def _variant_models(
             )
         else:
             notes["f_no_synth_pretrain"] = "skipped: the MAE teacher saw no synthetic images"
+    if "g" in variants:
+        if cfg.distill.mixup > 0:
+            mixed = dataclasses.replace(student_recipe(cfg, simple_loss), mixup=cfg.distill.mixup)
+            models["g_mixup_no_kd"] = train_baseline(
+                cfg, run_dir, "ablate/g_mixup_no_kd", mixed, resume=resume
+            )
+        else:
+            notes["g_mixup_no_kd"] = "skipped: the student mixes no batches (distill.mixup=0)"
     for name, (stage, _) in TEACHERS.items():
         if _has_model(RunLayout(run_dir).model(stage)):
             models[name] = RunLayout(run_dir).model(stage)
@@ -315,6 +326,7 @@ def _teacher_and_student_sizes(run_dir: Path) -> dict[str, Any] | None:
             "arch": stats["teacher"]["arch"],
             **{k: stats["teacher"][k] for k in keys},
             "members": members,
+            "view": distilled.get("teacher_view"),
         },
     }
 
@@ -333,6 +345,11 @@ def _recipe_differences(cfg: Config, run_dir: Path, simple_loss: str) -> list[st
         differences.append(
             f"the student (d) was trained with {student_loss} but (b) with {simple_loss}: set "
             "distill.loss=baseline for a like-for-like comparison"
+        )
+    if cfg.distill.mixup > 0:
+        differences.append(
+            f"the student (d) mixes its batches (distill.mixup={cfg.distill.mixup}) and (b) "
+            "does not: variant (g) is (b) with the same mixup and no teacher"
         )
     return differences
 
@@ -550,8 +567,15 @@ def size_line(sizes: dict[str, Any]) -> str:
     t, s = sizes["teacher"], sizes["student"]
     members = t.get("members") or []
     of = f" of {len(members)} ({', '.join(members)})" if len(members) > 1 else ""
-    return (
+    line = (
         f"Teacher {t['arch']}{of}: {t['parameters'] / 1e6:.1f} M parameters, "
         f"{t['flops_per_image'] / 1e9:.2f} GFLOPs per image; student {s['arch']}: "
         f"{s['parameters'] / 1e6:.1f} M, {s['flops_per_image'] / 1e9:.2f} GFLOPs."
     )
+    if t.get("image_size", 0) > s.get("image_size", 0):
+        seen = t.get("view") or "the student's images"
+        line += (
+            f" The teacher works at {t['image_size']} px ({seen}), "
+            f"the student at {s['image_size']} px."
+        )
+    return line
