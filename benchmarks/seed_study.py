@@ -88,8 +88,10 @@ def study(
             if config["class_names"] != prepared.class_names:
                 raise SystemExit(f"{folder} knows {config['class_names']}, not this run's classes")
             entry: dict[str, Any] = {"model": str(folder)}
+            own = prepared.at_size(int(config["image_size"]))  # same rows, the model's size
             for s in SPLITS:
-                p = predict_probs(model, prepared.dataset(rows[s]), 256, desc=f"{folder} {s}")
+                data = own.dataset(own.rows(s).reset_index(drop=True))
+                p = predict_probs(model, data, 256, desc=f"{folder} {s}")
                 probs[s].setdefault(name, []).append(p)
                 scores = metric_fn[s](targets[s], p)
                 entry[s] = {k: scores.get(k) for k in SHOWN}

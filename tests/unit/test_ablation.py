@@ -1,5 +1,6 @@
 """The ablation's pieces: ROC sensitivity, the verdict, the simple-fix choice, the synth filter."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -118,3 +119,31 @@ def test_size_line_names_the_teacher_members():
     assert size_line(sized).endswith(
         "The teacher works at 128 px (its own resolution), the student at 64 px."
     )
+
+
+def test_variant_g_is_b_with_the_students_mixup_and_no_teacher(tmp_path, monkeypatch):
+    from dermae.evaluate import ablation
+    from tests.helpers.tiny_data import make_prepared
+
+    make_prepared(tmp_path, n_per_class=2)
+    (tmp_path / "baseline" / "model").mkdir(parents=True)
+    (tmp_path / "baseline" / "model" / "model.safetensors").write_bytes(b"")
+    (tmp_path / "baseline" / "model" / "config.json").write_text(json.dumps({"loss": "ce"}))
+    trained = {}
+
+    def fake_baseline(cfg_, run_dir, stage, stage_cfg, synthetic_ratio=0.0, resume=True):
+        trained[stage] = stage_cfg
+        return run_dir / stage / "model"
+
+    monkeypatch.setattr(ablation, "train_baseline", fake_baseline)
+    base = [f"run_dir={tmp_path}", "baseline.loss=ce", "distill.loss=baseline"]
+    cfg = load_config(None, [*base, "ablate.variants=[b,g]", "distill.mixup=0.4"])
+    models, notes = ablation._variant_models(cfg, tmp_path, resume=True)
+    recipe = ablation.student_recipe(cfg, "ce")
+    assert trained["ablate/g_mixup_no_kd"] == dataclasses.replace(recipe, mixup=0.4)
+    assert models["g_mixup_no_kd"] == tmp_path / "ablate/g_mixup_no_kd/model"
+    assert any("variant (g)" in d for d in notes["like_for_like"])
+
+    cfg = load_config(None, [*base, "ablate.variants=[b,g]"])
+    models, notes = ablation._variant_models(cfg, tmp_path, resume=True)
+    assert "g_mixup_no_kd" not in models and "distill.mixup=0" in notes["g_mixup_no_kd"]

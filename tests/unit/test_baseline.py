@@ -154,3 +154,15 @@ def test_baseline_mixup_is_the_lam_weighted_pair_of_both_labels():
         task.eval()
         plain = task({"image": images, "label": targets})["loss"]
     torch.testing.assert_close(plain, F.cross_entropy(net(images), targets))
+
+
+def test_mixup_off_leaves_the_training_fingerprint_as_before_it_existed():
+    import dataclasses
+
+    from dermae.classify.baseline import stage_settings
+    from dermae.config import BaselineConfig, to_dict
+
+    off = BaselineConfig()
+    assert "mixup" not in stage_settings(off)  # checkpoints made before the key still resume
+    assert stage_settings(off) == {k: v for k, v in to_dict(off).items() if k != "mixup"}
+    assert stage_settings(dataclasses.replace(off, mixup=0.4))["mixup"] == 0.4

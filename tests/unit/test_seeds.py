@@ -159,3 +159,27 @@ def test_report_puts_the_verdict_over_seeds_first(tmp_path):
     markdown = ablation.ablation_markdown(summary)
     assert markdown.startswith("Verdict over seeds")
     assert markdown.index("mean of 2 seeds") < markdown.index("+0.002 (-0.01")
+
+
+def test_seed_models_train_g_at_every_seed_with_the_students_mixup(tmp_path, monkeypatch):
+    cfg = load_config(
+        None,
+        [f"run_dir={tmp_path}", "ablate.seeds=2", "ablate.variants=[b,d,g]", "distill.mixup=0.4"],
+    )
+    b_dir = _marked(tmp_path / "baseline" / "model", loss="weighted_ce")
+    _marked(tmp_path / "student" / "model")
+    g_dir = _marked(tmp_path / "ablate" / "g_mixup_no_kd" / "model")
+    trained = []
+
+    def fake_baseline(cfg_, run_dir, stage, stage_cfg, synthetic_ratio=0.0, resume=True):
+        trained.append((stage, stage_cfg.train.seed, stage_cfg.mixup))
+        return _marked(run_dir / stage / "model")
+
+    monkeypatch.setattr(ablation, "train_baseline", fake_baseline)
+    monkeypatch.setattr(ablation, "distill", lambda c, r, stage, resume: _marked(r / stage))
+    seeds = ablation._seed_models(cfg, tmp_path, b_dir, "weighted_ce", resume=True)
+    assert seeds["g_mixup_no_kd"] == [g_dir, tmp_path / "ablate/seeds/g_seed_plus_1/model"]
+    assert trained == [
+        ("ablate/seeds/b_seed_plus_1", 1, 0.0),
+        ("ablate/seeds/g_seed_plus_1", 1, 0.4),
+    ]

@@ -77,10 +77,24 @@ def train_baseline(
         recipe,
         make_task,
         resume=resume,
-        run_config={"stage": to_dict(stage_cfg)},
+        run_config={"stage": stage_settings(stage_cfg)},
         image_size=image_size,
     )
     return trained.model_dir
+
+
+# Settings added after checkpoints were made, with their off value: left out of the
+# fingerprint while off, so that a checkpoint made before they existed still resumes.
+LATER_SETTINGS = {"mixup": 0.0}
+
+
+def stage_settings(stage_cfg: BaselineConfig) -> dict:
+    """The stage config as the training fingerprint records it."""
+    settings = to_dict(stage_cfg)
+    for key, off in LATER_SETTINGS.items():
+        if settings.get(key) == off:
+            del settings[key]
+    return settings
 
 
 def _best_simple_fix(

@@ -213,6 +213,7 @@ def distill(
         recipe = dataclasses.replace(recipe, synthetic_ratio=0.0)
     cache_seconds = 0.0
     teacher_size = int(teacher_config["image_size"])
+    data_size = load_prepared(run_dir, with_synthetic=False).image_size
     view_size, view = _teacher_view(run_dir, teacher_size)
 
     def make_task(setup: TrainSetup) -> DistillTask:
@@ -249,7 +250,6 @@ def distill(
         "teacher": str(teacher_path),
         "teacher_arch": teacher_config["arch"],
         "teacher_image_size": teacher_size,
-        "teacher_view": view,
         "teacher_members": teacher_config.get("member_sources", [str(teacher_path)]),
         "alpha": dcfg.alpha,
         "temperature": dcfg.temperature,
@@ -257,6 +257,8 @@ def distill(
         "synthetic_hard_labels": dcfg.synthetic_hard_labels,
         "mixup": dcfg.mixup,
     }
+    if teacher_size > data_size:  # else it sees the student's images, as before this key
+        provenance["teacher_view"] = view
     trained = train_classifier(
         cfg,
         run_dir,

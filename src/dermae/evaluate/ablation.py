@@ -201,7 +201,8 @@ def _variant_models(
 def _seed_models(
     cfg: Config, run_dir: Path, b_dir: Path, simple_loss: str, resume: bool
 ) -> dict[str, list[Path]]:
-    """(b) and (d) at `ablate.seeds` seeds each; the first of each list is the one-seed model.
+    """(b) and (d) (and (g) where it trained) at `ablate.seeds` seeds each; the first of each
+    list is the one-seed model.
 
     Only the seed changes (initialisation, data order, augmentation and mixup draws); (d) keeps
     the run's teacher. Where (b) is the pipeline's baseline, its seeds seed + k are the
@@ -226,6 +227,17 @@ def _seed_models(
         seeded_cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, train=train))
         stage = f"ablate/seeds/d_seed_plus_{k}"
         seeds["d_dermae"].append(distill(seeded_cfg, run_dir, stage=stage, resume=resume))
+    g_dir = run_dir / "ablate" / "g_mixup_no_kd" / "model"
+    if "g" in cfg.ablate.variants and _has_model(g_dir):  # (g) is trained (distill.mixup > 0)
+        mixed = dataclasses.replace(recipe, mixup=cfg.distill.mixup)
+        seeds["g_mixup_no_kd"] = [g_dir]
+        for k in range(1, cfg.ablate.seeds):
+            train = dataclasses.replace(mixed.train, seed=(mixed.train.seed or 0) + k)
+            stage = f"ablate/seeds/g_seed_plus_{k}"
+            seeded = dataclasses.replace(mixed, train=train)
+            seeds["g_mixup_no_kd"].append(
+                train_baseline(cfg, run_dir, stage, seeded, resume=resume)
+            )
     return seeds
 
 
