@@ -11,6 +11,7 @@
 #   4. benchmarks/seed_study.py: (b) at five seeds, the section 25 student at five, the new
 #      student at SEEDS, and both teachers as bars, paired on test.
 #   DERMAE_THREADS=2 bash benchmarks/cpu_full_cnn_teacher_study.sh
+# Section 26 ran SEEDS=2 (each student took 1,280 s, so three did not fit the session).
 set -euo pipefail
 SRC=${SRC:-runs/cpu-full}
 STUDY=${STUDY:-runs/cpu-full-seeds-study}
@@ -23,7 +24,7 @@ FOLLOW="bash benchmarks/cpu_full_followups.sh cnn-teacher $SIZE $NAME"
 export SRC STEPS
 MEMBERS=2 UNTIL=cnn_teacher $FOLLOW
 M="$DST/cnn_teacher"
-"$PY" benchmarks/teacher_ensemble_probe.py "$DST" \
+[ -f "${OUT}_teachers.json" ] || "$PY" benchmarks/teacher_ensemble_probe.py "$DST" \
   --member vit="$SRC/teacher/model" --member b0="$SRC/baseline/model" \
   --member b1="$SRC/baseline_seeds/seed_plus_1/model" \
   --member b2="$SRC/baseline_seeds/seed_plus_2/model" \

@@ -9,6 +9,8 @@
 #   DERMAE_THREADS=2 bash benchmarks/cpu_full_seed_study.sh        # N=3: about 35 min (AMX)
 #   N=5 DERMAE_THREADS=2 bash benchmarks/cpu_full_seed_study.sh    # then 5: about 35 min more
 # A larger N reuses every seed already trained (finished checkpoints resume at their end).
+#   G=1 N=5 DERMAE_THREADS=2 bash benchmarks/cpu_full_seed_study.sh  # and variant (g) in the
+#       mixup arm: (b) + mixup 0.4, no teacher, at N seeds (section 26), paired like the rest
 set -euo pipefail
 SRC=${SRC:-runs/cpu-full}
 CONFIG=${CONFIG:-configs/cpu-full.yaml}
@@ -39,14 +41,23 @@ elif ! has_seeds "$MIX"; then
   done
   ablate "$MIX" --set distill.mixup=0.4
 fi
+G_RECIPE=()
+if [ "${G:-0}" = 1 ]; then
+  has_g() { "$PY" -c 'import json, sys
+sys.exit(0 if "g_mixup_no_kd" in (json.load(open(sys.argv[1])).get("seeds") or {}).get("models", {}) else 1)' \
+    "$MIX/ablate/ablation.json"; }
+  has_g || ablate "$MIX" --set distill.mixup=0.4 --set "ablate.variants=[b,d,g]"
+fi
 folders() {  # run dir, recipe -> its seeds' folders as its ablation lists them, comma-separated
   "$PY" -c 'import json, sys
 print(",".join(json.load(open(sys.argv[1]))["seeds"]["models"][sys.argv[2]]))' \
     "$1/ablate/ablation.json" "$2"
 }
+[ "${G:-0}" = 1 ] && G_RECIPE=(--recipe "g_mixup_0.4_no_kd=$(folders "$MIX" g_mixup_no_kd)")
+SUFFIX=$([ "${G:-0}" = 1 ] && echo _g || true)
 "$PY" benchmarks/seed_study.py "$SRC" --reference b \
   --recipe "b=$(folders "$NOMIX" b_simple_fix)" \
   --recipe "d_mixup_0=$(folders "$NOMIX" d_dermae)" \
-  --recipe "d_mixup_0.4=$(folders "$MIX" d_dermae)" \
+  --recipe "d_mixup_0.4=$(folders "$MIX" d_dermae)" "${G_RECIPE[@]}" \
   --bar "teacher_ensemble=$SRC/teacher_ensemble/model" \
-  --out "benchmarks/results/$(basename "$SRC" | tr - _)_seed_study_${N}seeds.json"
+  --out "benchmarks/results/$(basename "$SRC" | tr - _)_seed_study_${N}seeds$SUFFIX.json"

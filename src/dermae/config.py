@@ -384,6 +384,24 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+# Keys added after runs were made, with their off value. Fingerprints (a stage's done mark, a
+# training checkpoint) leave them out while off, so that what was made before they existed
+# still counts as done and still resumes.
+LATER_KEYS: dict[str, dict[str, Any]] = {"baseline": {"mixup": 0.0}}
+
+
+def without_later_keys(section: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` (a section as a dict) without the LATER_KEYS of `section` at their off value."""
+    later = LATER_KEYS.get(section, {})
+    return {k: v for k, v in settings.items() if not (k in later and v == later[k])}
+
+
+def fingerprint_tree(cfg: Config) -> dict[str, Any]:
+    """`to_dict(cfg)` as fingerprints see it (see LATER_KEYS)."""
+    tree = to_dict(cfg)
+    return {k: without_later_keys(k, v) if isinstance(v, dict) else v for k, v in tree.items()}
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`train.lr=1e-3` -> (['train', 'lr'], 0.001). Values are parsed as YAML."""
     if "=" not in text:
@@ -606,8 +624,9 @@ def validate_config(cfg: Config) -> None:
     _check_choice("baseline.loss", cfg.baseline.loss, (*CLASS_LOSSES, "auto"))
     _check_choice("finetune.loss", cfg.finetune.loss, CLASS_LOSSES)
     _check_choice("distill.loss", cfg.distill.loss, (*CLASS_LOSSES, "baseline"))
+    _check_choice("cnn_teacher.loss", cfg.cnn_teacher.loss, (*CLASS_LOSSES, "baseline"))
     for i, variant in enumerate(cfg.ablate.variants):
-        _check_choice(f"ablate.variants[{i}]", variant, ("a", "b", "c", "d", "e", "f"))
+        _check_choice(f"ablate.variants[{i}]", variant, ("a", "b", "c", "d", "e", "f", "g"))
     if cfg.distill.baseline_seeds > 0 and "baseline" not in cfg.distill.teachers:
         raise ConfigError(
             f"config key 'distill.baseline_seeds' is {cfg.distill.baseline_seeds}, but "

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from accelerate import PartialState
 
-from dermae.config import Config, save_config, to_dict
+from dermae.config import Config, fingerprint_tree, save_config
 from dermae.engine.checkpoint import CheckpointError, check_safetensors, collective_saves
 from dermae.engine.fingerprint import first_difference
 from dermae.layout import RunLayout
@@ -204,7 +204,7 @@ def _hash(payload: dict[str, Any]) -> str:
 
 def fingerprints(cfg: Config) -> dict[str, str]:
     """Per-stage hash of (data + seed + own sections + upstream fingerprints), from the config."""
-    tree = to_dict(cfg)
+    tree = fingerprint_tree(cfg)
     result: dict[str, str] = {}
     for stage in STAGES:
         result[stage.name] = _hash(_payload(tree, stage, result))
@@ -224,7 +224,7 @@ def _made_upstream(cfg: Config, marks: Path) -> dict[str, str]:
     So a stage rerun by its own command with other settings makes everything downstream
     of it stale, even for a `dermae run` whose config did not change.
     """
-    tree = to_dict(cfg)
+    tree = fingerprint_tree(cfg)
     result: dict[str, str] = {}
     for stage in STAGES:
         done = _read(marks / f"{stage.name}.json")
@@ -293,7 +293,7 @@ def run_stage(cfg: Config, name: str, resume: bool = True, force: bool = False) 
     marks = RunLayout(run_dir).stages
     marks.mkdir(parents=True, exist_ok=True)
     upstream = _made_upstream(cfg, marks)
-    payload = _payload(to_dict(cfg), stage, upstream)
+    payload = _payload(fingerprint_tree(cfg), stage, upstream)
     fingerprint = _hash(payload)
     done = _read(marks / f"{name}.json")
     if done and not force:

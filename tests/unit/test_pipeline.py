@@ -174,3 +174,15 @@ def test_extra_baseline_seeds_retrain_the_teacher_side_only():
     same = ("prepare", "baseline", "vae", "ldm", "sample", "synth_quality", "pretrain", "finetune")
     assert all(base[s] == more[s] for s in same)
     assert all(base[s] != more[s] for s in ("baseline_seeds", "distill", "ablate", "report"))
+
+
+def test_a_later_key_at_its_off_value_leaves_every_stage_fingerprint_as_before():
+    from dermae.config import fingerprint_tree, load_config
+    from dermae.pipeline import fingerprints
+
+    off = load_config(None, [])
+    assert "mixup" not in fingerprint_tree(off)["baseline"]  # as runs before the key hashed it
+    on = load_config(None, ["baseline.mixup=0.4"])
+    assert fingerprint_tree(on)["baseline"]["mixup"] == 0.4
+    changed = {k for k, v in fingerprints(on).items() if fingerprints(off)[k] != v}
+    assert {"baseline", "distill", "ablate"} <= changed and "vae" not in changed

@@ -14,7 +14,7 @@ from dermae.classify.model import (
     save_classifier,
 )
 from dermae.classify.trainer import Recipe, TrainSetup, train_classifier
-from dermae.config import BaselineConfig, Config, to_dict
+from dermae.config import BaselineConfig, Config, to_dict, without_later_keys
 from dermae.engine.checkpoint import load_config_json, process_rank
 from dermae.layout import RunLayout
 
@@ -83,18 +83,9 @@ def train_baseline(
     return trained.model_dir
 
 
-# Settings added after checkpoints were made, with their off value: left out of the
-# fingerprint while off, so that a checkpoint made before they existed still resumes.
-LATER_SETTINGS = {"mixup": 0.0}
-
-
 def stage_settings(stage_cfg: BaselineConfig) -> dict:
-    """The stage config as the training fingerprint records it."""
-    settings = to_dict(stage_cfg)
-    for key, off in LATER_SETTINGS.items():
-        if settings.get(key) == off:
-            del settings[key]
-    return settings
+    """The stage config as the training fingerprint records it (config.LATER_KEYS)."""
+    return without_later_keys("baseline", to_dict(stage_cfg))
 
 
 def _best_simple_fix(
