@@ -38,7 +38,7 @@ from dermae.classify.thresholds import attach_thresholds
 from dermae.classify.trainer import Recipe, TrainSetup, train_classifier
 from dermae.config import Config, to_dict
 from dermae.data.errors import DataError
-from dermae.data.prepared import load_prepared
+from dermae.data.prepared import PreparedData, load_prepared
 from dermae.distill.task import DistillTask, teacher_logits_for
 from dermae.engine.checkpoint import CONFIG_FILE, MODEL_FILE, save_model
 from dermae.layout import TEACHER, RunLayout
@@ -161,14 +161,13 @@ def load_teacher(
     return ensemble, {**ensemble.config, **extra}, ensemble_dir
 
 
-def _teacher_view(run_dir: Path, teacher_size: int) -> tuple[int | None, str]:
+def _teacher_view(prepared: PreparedData, teacher_size: int) -> tuple[int | None, str]:
     """(size of the extra "teacher_image" view or None, what the teacher sees, in words).
 
     A teacher at a higher resolution than the data gets the student's augmented view at its
     own size, cached from the source files. Without them it gets the student's images resized
     up (less than it was trained on), and says so.
     """
-    prepared = load_prepared(run_dir, with_synthetic=False)
     if teacher_size <= prepared.image_size:
         return None, "the student's images"
     try:
@@ -213,8 +212,9 @@ def distill(
         recipe = dataclasses.replace(recipe, synthetic_ratio=0.0)
     cache_seconds = 0.0
     teacher_size = int(teacher_config["image_size"])
-    data_size = load_prepared(run_dir, with_synthetic=False).image_size
-    view_size, view = _teacher_view(run_dir, teacher_size)
+    prepared = load_prepared(run_dir, with_synthetic=False)
+    data_size = prepared.image_size
+    view_size, view = _teacher_view(prepared, teacher_size)
 
     def make_task(setup: TrainSetup) -> DistillTask:
         nonlocal cache_seconds
