@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dermae.evaluate.ablation import LABELS
+from dermae.evaluate.ablation_text import LABELS
 
 BOLD = ("b_simple_fix", "d_dermae")
 # (paired key, scalar key, column title)

@@ -20,9 +20,10 @@ from typing import Any
 import pandas as pd
 
 from dermae.data.prepared import load_prepared
-from dermae.evaluate import ablation
+from dermae.evaluate.ablation_text import PAIRED
+from dermae.evaluate.paired import REFERENCE, ROC_SENSITIVITY, paired_against_reference
 
-SHOWN = ("balanced_accuracy", "malignant_auroc", ablation.ROC_SENSITIVITY, "macro_auroc")
+SHOWN = ("balanced_accuracy", "malignant_auroc", ROC_SENSITIVITY, "macro_auroc")
 
 
 def _named(text: str) -> tuple[str, Path]:
@@ -41,13 +42,13 @@ def paired(
     ece_bins: int = 15,
 ) -> dict[str, Any]:
     """`model - reference` for every model, as `dermae ablate` pairs variants with (b)."""
-    frames = {ablation.REFERENCE: pd.read_csv(reference[1])}
+    frames = {REFERENCE: pd.read_csv(reference[1])}
     for name, path in models:
         if name == reference[0]:
             raise ValueError(f"model name '{name}' is the reference's name")
         frames[name] = pd.read_csv(path)
     malignant = load_prepared(run_dir, with_synthetic=False).malignant_index
-    comparisons = ablation.paired_against_reference(frames, malignant, ece_bins, resamples, seed)
+    comparisons = paired_against_reference(frames, malignant, ece_bins, resamples, seed)
     return {
         "reference": {"name": reference[0], "predictions": str(reference[1])},
         "models": {name: str(path) for name, path in models},
@@ -60,7 +61,7 @@ def paired(
 
 
 def table(result: dict[str, Any]) -> str:
-    header = "| comparison | " + " | ".join(ablation.PAIRED[k] for k in SHOWN) + " |"
+    header = "| comparison | " + " | ".join(PAIRED[k] for k in SHOWN) + " |"
     lines = [header, "|" + "---|" * (len(SHOWN) + 1)]
     for name, diffs in result["paired"].items():
         cells = []

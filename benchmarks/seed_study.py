@@ -32,12 +32,13 @@ import numpy as np
 from dermae.classify.common import predict_probs
 from dermae.classify.model import load_classifier
 from dermae.data.prepared import load_prepared
-from dermae.evaluate import ablation
+from dermae.evaluate.ablation_text import PAIRED
+from dermae.evaluate.paired import ROC_SENSITIVITY, paired_metric_fn
 from dermae.evaluate.run import model_targets
 from dermae.evaluate.seeds import seed_paired
 
 SPLITS = ("val", "test")
-SHOWN = ("balanced_accuracy", "malignant_auroc", ablation.ROC_SENSITIVITY, "macro_auroc")
+SHOWN = ("balanced_accuracy", "malignant_auroc", ROC_SENSITIVITY, "macro_auroc")
 CHOOSE_ON = "balanced_accuracy"
 
 
@@ -76,7 +77,7 @@ def study(
     rows = {s: prepared.rows(s).reset_index(drop=True) for s in SPLITS}
     targets = {s: model_targets(rows[s], prepared.class_names)[0] for s in SPLITS}
     metric_fn = {
-        s: ablation.paired_metric_fn(prepared.malignant_index, ece_bins, np.unique(targets[s]))
+        s: paired_metric_fn(prepared.malignant_index, ece_bins, np.unique(targets[s]))
         for s in SPLITS
     }
     probs: dict[str, dict[str, list[np.ndarray]]] = {s: {} for s in SPLITS}
@@ -88,6 +89,8 @@ def study(
             if config["class_names"] != prepared.class_names:
                 raise SystemExit(f"{folder} knows {config['class_names']}, not this run's classes")
             entry: dict[str, Any] = {"model": str(folder)}
+            if "train_seed" in config:  # recorded by models trained since Dec 2026
+                entry["train_seed"] = config["train_seed"]
             own = prepared.at_size(int(config["image_size"]))  # same rows, the model's size
             for s in SPLITS:
                 data = own.dataset(own.rows(s).reset_index(drop=True))
@@ -159,7 +162,7 @@ def table(result: dict[str, Any]) -> str:
         for key in SHOWN:
             entry = metrics.get(key) or {}
             lines.append(
-                f"| {comparison} | {ablation.PAIRED.get(key, key)} | "
+                f"| {comparison} | {PAIRED.get(key, key)} | "
                 f"{_cell(entry, 'ci_lesion')} | {_cell(entry, 'ci_lesion_and_seed')} |"
             )
     return "\n".join(lines)

@@ -29,7 +29,7 @@ from dermae.config import Config, load_config
 from dermae.data.prepared import PreparedData, load_prepared
 from dermae.engine.checkpoint import load_weights, save_model
 from dermae.engine.loop import METRICS_FILE
-from dermae.evaluate.ablation import REFERENCE, paired_against_reference
+from dermae.evaluate.paired import REFERENCE, paired_against_reference
 from dermae.evaluate.run import evaluate_model
 
 STAGES = {"b": "baseline", "d": "student"}

@@ -11,7 +11,8 @@ from dermae.classify import baseline as baseline_module
 from dermae.classify.baseline import chosen_loss, train_baseline
 from dermae.config import load_config
 from dermae.data.prepared import ACCEPTED_FILE, accepted_synthetic
-from dermae.evaluate.ablation import roc_sensitivity_at, verdict
+from dermae.evaluate.ablation_text import verdict
+from dermae.evaluate.paired import roc_sensitivity_at
 from dermae.synth.quality import write_filter
 
 
@@ -101,7 +102,7 @@ def test_filter_keeps_recognised_images_that_are_no_near_copies(tmp_path):
 
 
 def test_size_line_names_the_teacher_members():
-    from dermae.evaluate.ablation import size_line
+    from dermae.evaluate.ablation_text import size_line
 
     small = {"arch": "resnet10t", "parameters": 4.9e6, "flops_per_image": 1.8e8}
     teacher = {"arch": "ensemble", "parameters": 20.1e6, "flops_per_image": 1.23e9}

@@ -68,6 +68,7 @@ def test_distill_end_to_end_writes_a_student_and_honest_stats(tmp_path):
     assert config["threshold"]["chosen_on"] == "val"
     assert set(config["thresholds"]) == {"spec@0.90", "spec@0.95"}
     assert config["train_rows"] == {"real": n_real, "synthetic": 6}
+    assert config["train_seed"] == 0  # the seed studies tell models apart by it
     assert config["distilled"]["teacher"] == str(tmp_path / "teacher" / "model")
 
     stats = json.loads((tmp_path / "student" / STATS_FILE).read_text())

@@ -8,7 +8,8 @@ import pytest
 
 from dermae.config import load_config
 from dermae.evaluate import ablation
-from dermae.evaluate.ablation import paired_metric_fn, seed_verdict, seeds_line
+from dermae.evaluate.ablation_text import ablation_markdown, seed_verdict, seeds_line
+from dermae.evaluate.paired import paired_metric_fn
 from dermae.evaluate.seeds import seed_paired
 
 
@@ -156,7 +157,7 @@ def test_report_puts_the_verdict_over_seeds_first(tmp_path):
     assert paragraphs[0].startswith("Over 2 seeds of (b) and of the DerMAE student")
     assert paragraphs[1].startswith("d_dermae - b_simple_fix, mean of 2 seeds each: +0.015")
     assert "0.650, 0.600" in paragraphs[2]
-    markdown = ablation.ablation_markdown(summary)
+    markdown = ablation_markdown(summary)
     assert markdown.startswith("Verdict over seeds")
     assert markdown.index("mean of 2 seeds") < markdown.index("+0.002 (-0.01")
 

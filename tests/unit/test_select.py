@@ -12,7 +12,7 @@ from dermae.classify.baseline import train_baseline
 from dermae.config import ConfigError, TrainConfig, load_config
 from dermae.engine.checkpoint import load_weights
 from dermae.engine.loop import fit
-from dermae.evaluate.ablation import ablation_markdown
+from dermae.evaluate.ablation_text import ablation_markdown
 from dermae.evaluate.summary import ablation_section
 from tests.helpers.tiny_fit import PointsDataset, RegressionTask
 

@@ -163,6 +163,8 @@ def train_classifier(
     extra = {
         **extra,
         "loss": recipe.loss,
+        # The seed of weights, data order and augmentation: the seed studies name models by it.
+        "train_seed": recipe.train.seed,
         "train_rows": train_rows,
         "best": result.best,
         "selected": result.selected,

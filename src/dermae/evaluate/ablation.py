@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,53 +34,22 @@ from dermae.config import BaselineConfig, Config
 from dermae.data.prepared import load_prepared
 from dermae.distill.train import STATS_FILE, distill
 from dermae.engine.checkpoint import load_config_json
-from dermae.evaluate.bootstrap import paired_bootstrap
+from dermae.evaluate.ablation_text import (
+    HEADLINE,
+    LABELS,
+    TEACHERS,
+    VARIANTS,
+    ablation_markdown,
+    seed_verdict,
+    verdict,
+)
 from dermae.evaluate.external import evaluate_external, paired_on_external
+from dermae.evaluate.paired import REFERENCE, paired_against_reference, paired_metric_fn, probs_of
 from dermae.evaluate.report import metrics_table
 from dermae.evaluate.run import evaluate_model
 from dermae.evaluate.seeds import seed_paired
-from dermae.layout import ENSEMBLE, STUDENT, TEACHER, RunLayout
-from dermae.metrics import scalar_metric_fn
+from dermae.layout import STUDENT, RunLayout
 from dermae.pretrain.train import ENCODER_DIR, pretrain
-
-HEADLINE = {
-    "balanced_accuracy": "balanced accuracy",
-    "malignant_sensitivity[spec@0.90]": "malignant sensitivity @ 90% spec.",
-    "malignant_auroc": "malignant AUROC",
-    "macro_auroc": "macro AUROC",
-    "ece": "ECE (lower is better)",
-}
-# Threshold-free, so a paired difference never mixes two models' validation thresholds:
-# the sensitivity where each model's test ROC reaches 90 % specificity.
-ROC_SENSITIVITY = "malignant_roc_sensitivity@spec0.90"
-PAIRED = {
-    "balanced_accuracy": "balanced accuracy",
-    "malignant_auroc": "malignant AUROC",
-    ROC_SENSITIVITY: "malignant sensitivity at 90% specificity (test ROC)",
-    "macro_auroc": "macro AUROC",
-    "ece": "ECE (lower is better)",
-}
-VARIANTS = {
-    "a": ("a_real_ce", "(a) real, plain CE"),
-    "b": ("b_simple_fix", "(b) real, simple fix"),
-    "c": ("c_real_synth", "(c) (b) + synthetic images"),
-    "d": ("d_dermae", "(d) DerMAE student"),
-    "e": ("e_no_mae", "(e) KD, teacher without MAE"),
-    "f": ("f_no_synth_pretrain", "(f) KD, teacher pre-trained without synthetics"),
-    "g": ("g_mixup_no_kd", "(g) (b) + the student's mixup, no teacher"),
-}
-TEACHERS = {
-    TEACHER: (TEACHER, "MAE ViT teacher"),
-    ENSEMBLE: (ENSEMBLE, "DerMAE teacher (ensemble)"),
-}
-LABELS = {key: label for key, label in VARIANTS.values()} | {
-    name: label for name, (_, label) in TEACHERS.items()
-}
-REFERENCE = "b_simple_fix"
-CHECKPOINT_RULES = {
-    "best": "its best validation balanced accuracy among the evaluations",
-    "last": "its last step's weights",
-}
 
 
 def student_recipe(cfg: Config, loss: str) -> BaselineConfig:
@@ -278,7 +246,7 @@ def _seed_study(
     paired = seed_paired(
         targets,
         reference["group_id"].to_numpy(),
-        {name: [_probs(f) for f in listed] for name, listed in frames.items()},
+        {name: [probs_of(f) for f in listed] for name, listed in frames.items()},
         REFERENCE,
         metric_fn,
         cfg.evaluate.bootstrap,
@@ -292,35 +260,6 @@ def _seed_study(
         },
         "paired": paired,
     }
-
-
-def seed_verdict(seeds: dict[str, Any], metric: str = "balanced_accuracy") -> str:
-    """One line per recipe: the mean over seeds minus (b)'s, judged by the interval that also
-    redraws seeds (the lesion-only interval is given beside it)."""
-    lines = []
-    counts = {name: len(folders) for name, folders in (seeds.get("models") or {}).items()}
-    for name, diffs in seeds["paired"].items():
-        entry = diffs.get(metric) or {}
-        both, lesion = entry.get("ci_lesion_and_seed"), entry.get("ci_lesion")
-        one_model = counts.get(name.split(" - ")[0]) == 1
-        n = seeds["n"]
-        how = f"one model against (b)'s mean of {n}" if one_model else f"mean of {n} seeds each"
-        if entry.get("diff") is None or both is None or lesion is None:
-            lines.append(f"- {name}, {how}: {metric} interval undefined")
-            continue
-        word = (
-            "better than (b)"
-            if both[0] > 0
-            else "worse than (b)"
-            if both[1] < 0
-            else "not distinguishable from (b)"
-        )
-        lines.append(
-            f"- {name}, {how}: {entry['diff']:+.3f} "
-            f"(lesions and seeds resampled {both[0]:+.3f} to {both[1]:+.3f}; lesions only "
-            f"{lesion[0]:+.3f} to {lesion[1]:+.3f}), {word}"
-        )
-    return "\n".join(lines)
 
 
 def _teacher_and_student_sizes(run_dir: Path) -> dict[str, Any] | None:
@@ -364,91 +303,6 @@ def _recipe_differences(cfg: Config, run_dir: Path, simple_loss: str) -> list[st
             "does not: variant (g) is (b) with the same mixup and no teacher"
         )
     return differences
-
-
-def roc_sensitivity_at(specificity: float, malignant_index: list[int]):
-    """metric_fn part: sensitivity at the test-ROC point that first reaches `specificity`."""
-
-    def metric(y_true: np.ndarray, probs: np.ndarray) -> float | None:
-        risk = probs[:, malignant_index].sum(axis=1)
-        positive = np.isin(y_true, malignant_index)
-        if positive.all() or not positive.any():
-            return None
-        cut = np.quantile(risk[~positive], specificity, method="higher")
-        return float((risk[positive] > cut).mean())
-
-    return metric
-
-
-def _probs(predictions: pd.DataFrame) -> np.ndarray:
-    return predictions[[c for c in predictions.columns if c.startswith("p_")]].to_numpy()
-
-
-def paired_metric_fn(
-    malignant_index: list[int], ece_bins: int, required_classes: np.ndarray
-) -> Callable[[np.ndarray, np.ndarray], dict[str, float | None]]:
-    """The scalars a paired comparison reports: argmax metrics (no stored thresholds, so
-    every model is judged by one rule) plus the sensitivity at 90 % test specificity."""
-    base_fn = scalar_metric_fn(malignant_index, None, ece_bins, required_classes=required_classes)
-    roc_sens = roc_sensitivity_at(0.90, malignant_index)
-
-    def metric_fn(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
-        return {**base_fn(y, p), ROC_SENSITIVITY: roc_sens(y, p)}
-
-    return metric_fn
-
-
-def paired_against_reference(
-    predictions: dict[str, pd.DataFrame],
-    malignant_index: list[int],
-    ece_bins: int,
-    resamples: int,
-    seed: int,
-) -> dict[str, dict[str, Any]]:
-    """`name - b` for every other model, on the same images and the same lesion resamples."""
-    reference = predictions[REFERENCE]
-    metric_fn = paired_metric_fn(malignant_index, ece_bins, np.unique(reference["target"]))
-    comparisons = {}
-    for name, frame in predictions.items():
-        if name == REFERENCE:
-            continue
-        if list(frame["image_id"]) != list(reference["image_id"]):
-            raise RuntimeError(f"{name} and {REFERENCE} were scored on different images")
-        comparisons[f"{name} - {REFERENCE}"] = paired_bootstrap(
-            metric_fn,
-            reference["target"].to_numpy(),
-            _probs(reference),
-            _probs(frame),
-            reference["group_id"].to_numpy(),
-            n=resamples,
-            seed=seed,
-        )
-    return comparisons
-
-
-def verdict(comparisons: dict[str, dict[str, Any]], metric: str = "balanced_accuracy") -> str:
-    """One line per model: better, worse or not distinguishable from (b), by the paired CI."""
-    lines = []
-    for name, diffs in comparisons.items():
-        entry = diffs.get(metric) or {}
-        lo, hi = entry.get("ci") or (None, None)
-        if entry.get("diff") is None:
-            lines.append(f"- {name}: {metric} difference undefined")
-            continue
-        if lo is None:
-            lines.append(
-                f"- {name}: {entry['diff']:+.3f}, CI undefined (too few resamples keep every "
-                "class; the test split is too small to tell)"
-            )
-            continue
-        if lo > 0:
-            word = "better than (b)"
-        elif hi < 0:
-            word = "worse than (b)"
-        else:
-            word = "not distinguishable from (b)"
-        lines.append(f"- {name}: {entry['diff']:+.3f} ({lo:+.3f} to {hi:+.3f}), {word}")
-    return "\n".join(lines)
 
 
 def ablate(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
@@ -506,88 +360,3 @@ def ablate(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
     (out / "ablation.md").write_text(ablation_markdown(summary))
     print((out / "ablation.md").read_text())
     return out / "ablation.json"
-
-
-def ablation_markdown(summary: dict[str, Any]) -> str:
-    """Verdict first (over seeds when there are several), then the table, then every paired
-    difference against (b)."""
-    lines = []
-    if summary.get("seed_verdict"):
-        lines += [
-            "Verdict over seeds: mean balanced accuracy minus (b)'s mean, paired (95% CI):",
-            "",
-            summary["seed_verdict"],
-            "",
-            seeds_line(summary["seeds"]),
-            "",
-        ]
-    lines += [
-        "Verdict: each model minus (b), balanced accuracy, paired lesion bootstrap (95% CI):",
-        "",
-        summary["verdict"],
-        "",
-    ]
-    differences = summary["notes"].get("like_for_like") or []
-    lines += [f"Not like for like: {d}" for d in differences]
-    sizes = summary["notes"].get("sizes")
-    if sizes:
-        lines.append(size_line(sizes))
-    if summary.get("checkpoint_rule"):
-        lines.append(checkpoint_line(summary["checkpoint_rule"]))
-    for set_name, paired in (summary.get("external_paired_bootstrap") or {}).items():
-        lines += [
-            "",
-            f"External set {set_name}: each model minus (b), malignant AUROC (paired, 95% CI):",
-            "",
-            verdict(paired, "malignant_auroc"),
-        ]
-    table = summary["table"]
-    columns = list(table[0]) if table else []
-    lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in table]
-    for name, diffs in summary["paired_bootstrap"].items():
-        lines += ["", f"Paired bootstrap, {name} (difference and 95% CI):", ""]
-        for key, label in PAIRED.items():
-            if key not in diffs or diffs[key]["diff"] is None:
-                continue
-            lo, hi = diffs[key]["ci"]
-            ci = f"{lo:+.3f} to {hi:+.3f}" if lo is not None else "n/a"
-            higher = diffs[key]["frac_b_gt_a"]
-            better = 1 - higher if key == "ece" else higher  # ECE: lower is better
-            lines.append(
-                f"- {label}: {diffs[key]['diff']:+.3f} ({ci}); "
-                f"share of resamples where it beats (b) = {better:.2f}"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def seeds_line(seeds: dict[str, Any]) -> str:
-    """Each recipe's test balanced accuracy, seed by seed: the spread the verdict averages."""
-    parts = []
-    for name, values in seeds["test_balanced_accuracy"].items():
-        shown = ", ".join("n/a" if v is None else f"{v:.3f}" for v in values)
-        parts.append(f"{LABELS.get(name, name)}: {shown}")
-    return "Test balanced accuracy per seed (seed, seed + 1, ...): " + "; ".join(parts) + "."
-
-
-def checkpoint_line(rule: str) -> str:
-    kept = CHECKPOINT_RULES.get(rule, rule)
-    return f"Checkpoint: every student variant keeps {kept} (distill.train.select={rule})."
-
-
-def size_line(sizes: dict[str, Any]) -> str:
-    t, s = sizes["teacher"], sizes["student"]
-    members = t.get("members") or []
-    of = f" of {len(members)} ({', '.join(members)})" if len(members) > 1 else ""
-    line = (
-        f"Teacher {t['arch']}{of}: {t['parameters'] / 1e6:.1f} M parameters, "
-        f"{t['flops_per_image'] / 1e9:.2f} GFLOPs per image; student {s['arch']}: "
-        f"{s['parameters'] / 1e6:.1f} M, {s['flops_per_image'] / 1e9:.2f} GFLOPs."
-    )
-    if t.get("image_size", 0) > s.get("image_size", 0):
-        seen = t.get("view") or "the student's images"
-        line += (
-            f" The teacher works at {t['image_size']} px ({seen}), "
-            f"the student at {s['image_size']} px."
-        )
-    return line

@@ -14,7 +14,7 @@ import pandas as pd
 
 from dermae.config import Config
 from dermae.data.prepared import accepted_synthetic
-from dermae.evaluate.ablation import checkpoint_line, seeds_line, size_line
+from dermae.evaluate.ablation_text import checkpoint_line, seeds_line, size_line
 from dermae.evaluate.plots import plot_class_counts, plot_loss_curves
 from dermae.evaluate.report import Section, format_ci, metrics_table, render_report
 from dermae.layout import RunLayout
