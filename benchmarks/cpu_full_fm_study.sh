@@ -10,26 +10,43 @@
 #   (d) FM-KL  as (d) FM with alpha 1, T 1: the teacher's KL alone (Beyer et al. 2022)
 # seed_study.py scores every model on validation (where a recipe would be chosen) and on test.
 #   DERMAE_THREADS=2 bash benchmarks/cpu_full_fm_study.sh    # about 65 min on an AMX CPU
+# Patient: the same teacher, every student recipe ((b), (g), (d) FM) at STEPS steps instead of
+# 900, N seeds (default 1), in a copy of the finished study's run ($RUN-steps-STEPS):
+#   STEPS=2700 N=1 DERMAE_THREADS=2 bash benchmarks/cpu_full_fm_study.sh patient
 # Reruns resume what is done.
 set -euo pipefail
 RUN=${RUN:-runs/cpu-full-fm}
 CONFIG=${CONFIG:-configs/cpu-full.yaml}
 DERMAE=${DERMAE:-.venv/bin/dermae}
 PY=$(dirname "$DERMAE")/python
-N=${N:-3}
+N=${N:-$([ "${1:-}" = patient ] && echo 1 || echo 3)}
 KL=$RUN-kl
 SET=(-c "$CONFIG" --set baseline.loss=balanced_sampler --set data.include_synthetic=false
      --set "distill.teachers=[baseline]" --set distill.mixup=0.4 --set "ablate.seeds=$N")
+copy_teacher_run() {  # the same data, (b) and teacher members in a new run dir
+  if [ ! -d "$1" ]; then
+    mkdir -p "$1/stages"
+    cp -r "$RUN/config.yaml" "$RUN/data" "$RUN/baseline" "$RUN/baseline_seeds" "$1/"
+    for m in prepare baseline baseline_seeds; do cp "$RUN/stages/$m.json" "$1/stages/"; done
+  fi
+}
 uptime
+if [ "${1:-}" = patient ]; then
+  STEPS=${STEPS:?set STEPS to the student budget in steps}
+  LONG=$RUN-steps-$STEPS
+  copy_teacher_run "$LONG"
+  # (b) no longer equals the baseline's 900-step recipe, so the ablation trains it at STEPS.
+  LONG_SET=("${SET[@]}" --run-dir "$LONG" --set "distill.train.max_steps=$STEPS")
+  "$DERMAE" distill "${LONG_SET[@]}"
+  "$DERMAE" ablate "${LONG_SET[@]}" --set "ablate.variants=[b,d,g]"
+  uptime
+  exit 0
+fi
 "$DERMAE" run "${SET[@]}" --run-dir "$RUN" --until baseline_seeds
 "$DERMAE" distill "${SET[@]}" --run-dir "$RUN"
 "$DERMAE" ablate "${SET[@]}" --run-dir "$RUN" --set "ablate.variants=[b,d,g]"
 uptime
-if [ ! -d "$KL" ]; then  # the same data, (b) and teacher members; only the KD loss changes
-  mkdir -p "$KL/stages"
-  cp -r "$RUN/config.yaml" "$RUN/data" "$RUN/baseline" "$RUN/baseline_seeds" "$KL/"
-  for m in prepare baseline baseline_seeds; do cp "$RUN/stages/$m.json" "$KL/stages/"; done
-fi
+copy_teacher_run "$KL"  # only the KD loss changes
 KL_SET=("${SET[@]}" --run-dir "$KL" --set distill.alpha=1.0 --set distill.temperature=1.0)
 "$DERMAE" distill "${KL_SET[@]}"
 "$DERMAE" ablate "${KL_SET[@]}" --set "ablate.variants=[b,d]"
