@@ -68,7 +68,6 @@ def test_distill_end_to_end_writes_a_student_and_honest_stats(tmp_path):
     assert config["threshold"]["chosen_on"] == "val"
     assert set(config["thresholds"]) == {"spec@0.90", "spec@0.95"}
     assert config["train_rows"] == {"real": n_real, "synthetic": 6}
-    assert config["train_seed"] == 0  # the seed studies tell models apart by it
     assert config["distilled"]["teacher"] == str(tmp_path / "teacher" / "model")
 
     stats = json.loads((tmp_path / "student" / STATS_FILE).read_text())
@@ -92,7 +91,8 @@ def test_distill_with_cached_logits_and_a_teacher_at_another_resolution(tmp_path
     make_prepared(tmp_path, n_per_class=10, size=16, classes=CLASSES)
     add_synthetic(tmp_path, n_per_class=2)
     save_teacher(tmp_path / "big_teacher" / "model", 32)
-    cfg = tiny_config(tmp_path, cache_teacher_logits=True, alpha=1.0)
+    train = TrainConfig(max_steps=4, batch_size=6, lr=3e-3, log_every=1, eval_every=2, seed=5)
+    cfg = tiny_config(tmp_path, cache_teacher_logits=True, alpha=1.0, train=train)
     # A stage folder holding model/ is accepted as teacher_dir too.
     model_dir = distill(
         cfg, tmp_path, teacher_dir=tmp_path / "big_teacher", stage="abl", include_synthetic=False
@@ -106,6 +106,7 @@ def test_distill_with_cached_logits_and_a_teacher_at_another_resolution(tmp_path
     assert config["distilled"]["teacher_view"] == "the student's images, resized up"
     assert config["distilled"]["cache_teacher_logits"] is True
     assert config["train_rows"] == {"real": n_real, "synthetic": 0}
+    assert config["train_seed"] == 5  # the stage's own seed, not the run's (cfg.seed is 0)
     stats = json.loads((tmp_path / "abl" / STATS_FILE).read_text())
     assert stats["teacher"]["image_size"] == 32 and stats["teacher_cache_seconds"] > 0
 
