@@ -1,0 +1,46 @@
+#!/bin/bash
+# A phone-size student at cpu-full's budget (BENCHMARKS.md section 28).
+# Sections 22-27: a resnet10t student (4.9 M parameters) at 64 px and 900 steps already scores
+# within 0.01 of any teacher this CPU can train in budget, so KD has no room to pay. The
+# question here: with the same teacher and the same KD recipe, does KD pay for a student that
+# is much smaller than its teacher (the kind dermae exists to ship)?
+# Only `distill.model` changes against section 27's lean run: the student, and with it (b),
+# become STUDENT (default mobilenetv3_small_100, 1.5 M parameters, chosen before any run).
+# The teacher stays the three seeds of (b)'s resnet10t recipe (b0 + b1 + b2, 14.8 M), copied
+# from section 27's run; KD is cpu-full's own (alpha 0.5, T 2, live teacher on the student's
+# view, no mixup), real images only, (b)'s balanced sampler, 900 steps, best-by-validation.
+# Three seeds of (b) and of (d), paired on test by the ablation and by seed_study.py:
+#   DERMAE_THREADS=2 bash benchmarks/cpu_full_small_student_study.sh    # about 50 min, AMX CPU
+# Needs section 27's run ($FROM, made by cpu_full_fm_study.sh) for its data and teacher members.
+# Reruns resume what is done.
+set -euo pipefail
+FROM=${FROM:-runs/cpu-full-fm}
+STUDENT=${STUDENT:-mobilenetv3_small_100}
+RUN=${RUN:-runs/cpu-full-student-$STUDENT}
+CONFIG=${CONFIG:-configs/cpu-full.yaml}
+DERMAE=${DERMAE:-.venv/bin/dermae}
+PY=$(dirname "$DERMAE")/python
+N=${N:-3}
+[ -d "$FROM/baseline_seeds" ] || { echo "no teacher members in $FROM: run cpu_full_fm_study.sh first" >&2; exit 2; }
+if [ ! -d "$RUN" ]; then  # the same data, (b)'s resnet10t seeds as teacher members
+  mkdir -p "$RUN/stages"
+  cp -r "$FROM/config.yaml" "$FROM/data" "$FROM/baseline" "$FROM/baseline_seeds" "$RUN/"
+  for m in prepare baseline baseline_seeds; do cp "$FROM/stages/$m.json" "$RUN/stages/"; done
+fi
+SET=(-c "$CONFIG" --run-dir "$RUN" --set baseline.loss=balanced_sampler
+     --set data.include_synthetic=false --set "distill.teachers=[baseline]"
+     --set "distill.model=$STUDENT" --set "ablate.seeds=$N" --set "ablate.variants=[b,d]")
+uptime
+"$DERMAE" distill "${SET[@]}"
+"$DERMAE" ablate "${SET[@]}"
+uptime
+folders() {  # recipe -> its seeds' folders as the ablation lists them, comma-separated
+  "$PY" -c 'import json, sys
+print(",".join(json.load(open(sys.argv[1]))["seeds"]["models"][sys.argv[2]]))' \
+    "$RUN/ablate/ablation.json" "$1"
+}
+"$PY" benchmarks/seed_study.py "$RUN" --reference b \
+  --recipe "b=$(folders b_simple_fix)" --recipe "d=$(folders d_dermae)" \
+  --bar "teacher_ensemble=$RUN/teacher_ensemble/model" \
+  --out "benchmarks/results/cpu_full_student_${STUDENT}_study_${N}seeds.json"
+cp "$RUN/ablate/ablation.json" "benchmarks/results/cpu_full_student_${STUDENT}_ablation.json"
