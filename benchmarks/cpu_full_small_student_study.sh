@@ -11,6 +11,9 @@
 # view, no mixup), real images only, (b)'s balanced sampler, 900 steps, best-by-validation.
 # Three seeds of (b) and of (d), paired on test by the ablation and by seed_study.py:
 #   DERMAE_THREADS=2 bash benchmarks/cpu_full_small_student_study.sh    # about 50 min, AMX CPU
+# Patient KD (Beyer et al. 2022): (b) and (d) both at STEPS steps instead of 900, N_PATIENT
+# seeds (default 1), same teacher, in a copy of the finished study's run ($RUN-steps-STEPS):
+#   STEPS=2700 DERMAE_THREADS=2 bash benchmarks/cpu_full_small_student_study.sh patient
 # Needs section 27's run ($FROM, made by cpu_full_fm_study.sh) for its data and teacher members.
 # Reruns resume what is done.
 set -euo pipefail
@@ -27,18 +30,36 @@ if [ ! -d "$RUN" ]; then  # the same data, (b)'s resnet10t seeds as teacher memb
   cp -r "$FROM/config.yaml" "$FROM/data" "$FROM/baseline" "$FROM/baseline_seeds" "$RUN/"
   for m in prepare baseline baseline_seeds; do cp "$FROM/stages/$m.json" "$RUN/stages/"; done
 fi
-SET=(-c "$CONFIG" --run-dir "$RUN" --set baseline.loss=balanced_sampler
-     --set data.include_synthetic=false --set "distill.teachers=[baseline]"
-     --set "distill.model=$STUDENT" --set "ablate.seeds=$N" --set "ablate.variants=[b,d]")
-uptime
-"$DERMAE" distill "${SET[@]}"
-"$DERMAE" ablate "${SET[@]}"
-uptime
+COMMON=(-c "$CONFIG" --set baseline.loss=balanced_sampler --set data.include_synthetic=false
+        --set "distill.teachers=[baseline]" --set "distill.model=$STUDENT"
+        --set "ablate.variants=[b,d]")
+SET=("${COMMON[@]}" --run-dir "$RUN" --set "ablate.seeds=$N")
 folders() {  # recipe -> its seeds' folders as the ablation lists them, comma-separated
   "$PY" -c 'import json, sys
 print(",".join(json.load(open(sys.argv[1]))["seeds"]["models"][sys.argv[2]]))' \
     "$RUN/ablate/ablation.json" "$1"
 }
+uptime
+if [ "${1:-}" = patient ]; then
+  STEPS=${STEPS:?set STEPS to the student budget in steps}
+  LONG=$RUN-steps-$STEPS
+  if [ ! -d "$LONG" ]; then  # the same data and teacher members; (b) and (d) train anew
+    mkdir -p "$LONG/stages"
+    cp -r "$RUN/config.yaml" "$RUN/data" "$RUN/baseline" "$RUN/baseline_seeds" "$LONG/"
+    for m in prepare baseline baseline_seeds; do cp "$RUN/stages/$m.json" "$LONG/stages/"; done
+  fi
+  LONG_SET=("${COMMON[@]}" --run-dir "$LONG" --set "distill.train.max_steps=$STEPS"
+            --set "ablate.seeds=${N_PATIENT:-1}")
+  "$DERMAE" distill "${LONG_SET[@]}"
+  "$DERMAE" ablate "${LONG_SET[@]}"
+  uptime
+  cp "$LONG/ablate/ablation.json" \
+    "benchmarks/results/cpu_full_student_${STUDENT}_steps_${STEPS}_ablation.json"
+  exit 0
+fi
+"$DERMAE" distill "${SET[@]}"
+"$DERMAE" ablate "${SET[@]}"
+uptime
 "$PY" benchmarks/seed_study.py "$RUN" --reference b \
   --recipe "b=$(folders b_simple_fix)" --recipe "d=$(folders d_dermae)" \
   --bar "teacher_ensemble=$RUN/teacher_ensemble/model" \
