@@ -25,11 +25,14 @@ DERMAE=${DERMAE:-.venv/bin/dermae}
 PY=$(dirname "$DERMAE")/python
 N=${N:-3}
 [ -d "$FROM/baseline_seeds" ] || { echo "no teacher members in $FROM: run cpu_full_fm_study.sh first" >&2; exit 2; }
-if [ ! -d "$RUN" ]; then  # the same data, (b)'s resnet10t seeds as teacher members
-  mkdir -p "$RUN/stages"
-  cp -r "$FROM/config.yaml" "$FROM/data" "$FROM/baseline" "$FROM/baseline_seeds" "$RUN/"
-  for m in prepare baseline baseline_seeds; do cp "$FROM/stages/$m.json" "$RUN/stages/"; done
-fi
+copy_teacher_run() {  # source, new run dir: the same data and (b)'s resnet10t teacher members
+  if [ ! -d "$2" ]; then
+    mkdir -p "$2/stages"
+    cp -r "$1/config.yaml" "$1/data" "$1/baseline" "$1/baseline_seeds" "$2/"
+    for m in prepare baseline baseline_seeds; do cp "$1/stages/$m.json" "$2/stages/"; done
+  fi
+}
+copy_teacher_run "$FROM" "$RUN"
 COMMON=(-c "$CONFIG" --set baseline.loss=balanced_sampler --set data.include_synthetic=false
         --set "distill.teachers=[baseline]" --set "distill.model=$STUDENT"
         --set "ablate.variants=[b,d]")
@@ -43,11 +46,7 @@ uptime
 if [ "${1:-}" = patient ]; then
   STEPS=${STEPS:?set STEPS to the student budget in steps}
   LONG=$RUN-steps-$STEPS
-  if [ ! -d "$LONG" ]; then  # the same data and teacher members; (b) and (d) train anew
-    mkdir -p "$LONG/stages"
-    cp -r "$RUN/config.yaml" "$RUN/data" "$RUN/baseline" "$RUN/baseline_seeds" "$LONG/"
-    for m in prepare baseline baseline_seeds; do cp "$RUN/stages/$m.json" "$LONG/stages/"; done
-  fi
+  copy_teacher_run "$RUN" "$LONG"  # (b) and (d) train anew at STEPS
   LONG_SET=("${COMMON[@]}" --run-dir "$LONG" --set "distill.train.max_steps=$STEPS"
             --set "ablate.seeds=${N_PATIENT:-1}")
   "$DERMAE" distill "${LONG_SET[@]}"
