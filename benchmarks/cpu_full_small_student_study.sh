@@ -37,10 +37,15 @@ COMMON=(-c "$CONFIG" --set baseline.loss=balanced_sampler --set data.include_syn
         --set "distill.teachers=[baseline]" --set "distill.model=$STUDENT"
         --set "ablate.variants=[b,d]")
 SET=("${COMMON[@]}" --run-dir "$RUN" --set "ablate.seeds=$N")
-folders() {  # recipe -> its seeds' folders as the ablation lists them, comma-separated
+folders() {  # run, recipe -> its seeds' folders as the run's ablation lists them, comma-separated
   "$PY" -c 'import json, sys
 print(",".join(json.load(open(sys.argv[1]))["seeds"]["models"][sys.argv[2]]))' \
-    "$RUN/ablate/ablation.json" "$1"
+    "$1/ablate/ablation.json" "$2"
+}
+study() {  # run, output: seed_study.py's paired verdict over (b)'s and (d)'s seeds
+  "$PY" benchmarks/seed_study.py "$1" --reference b \
+    --recipe "b=$(folders "$1" b_simple_fix)" --recipe "d=$(folders "$1" d_dermae)" \
+    --bar "teacher_ensemble=$1/teacher_ensemble/model" --out "$2"
 }
 uptime
 if [ "${1:-}" = patient ]; then
@@ -52,15 +57,13 @@ if [ "${1:-}" = patient ]; then
   "$DERMAE" distill "${LONG_SET[@]}"
   "$DERMAE" ablate "${LONG_SET[@]}"
   uptime
-  cp "$LONG/ablate/ablation.json" \
-    "benchmarks/results/cpu_full_student_${STUDENT}_steps_${STEPS}_ablation.json"
+  OUT=benchmarks/results/cpu_full_student_${STUDENT}_steps_${STEPS}
+  cp "$LONG/ablate/ablation.json" "${OUT}_ablation.json"
+  if [ "${N_PATIENT:-1}" -gt 1 ]; then study "$LONG" "${OUT}_study_${N_PATIENT}seeds.json"; fi
   exit 0
 fi
 "$DERMAE" distill "${SET[@]}"
 "$DERMAE" ablate "${SET[@]}"
 uptime
-"$PY" benchmarks/seed_study.py "$RUN" --reference b \
-  --recipe "b=$(folders b_simple_fix)" --recipe "d=$(folders d_dermae)" \
-  --bar "teacher_ensemble=$RUN/teacher_ensemble/model" \
-  --out "benchmarks/results/cpu_full_student_${STUDENT}_study_${N}seeds.json"
+study "$RUN" "benchmarks/results/cpu_full_student_${STUDENT}_study_${N}seeds.json"
 cp "$RUN/ablate/ablation.json" "benchmarks/results/cpu_full_student_${STUDENT}_ablation.json"
