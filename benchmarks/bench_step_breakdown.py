@@ -12,7 +12,8 @@ Each part is timed alone, as the training loop runs it (batch 64, `num_workers=0
 - `data_plain`: the same batch without augmentation (the uint8 cache read and collation);
 - `student_step[arch]`: forward, backward and AdamW step of a fresh model on a fixed batch,
   at precision `auto` (bf16 where native) and, as `[arch, fp32]`, without autocast;
-- `teacher_forward`: the saved teacher's forward on a fixed batch (no grad), as KD runs it live.
+- `teacher_forward`: the saved teacher's forward on a fixed batch (no grad), as KD runs it live
+  (`[fp32]`: without autocast).
 A (b) step is about data_augmented + student_step; a live-KD (d) step adds teacher_forward.
 """
 
@@ -115,12 +116,15 @@ def main() -> None:
         teacher, config = load_classifier(args.teacher)
         teacher_images = to_resolution(images, int(config["image_size"]))
 
-        @torch.no_grad()
-        def teacher_step() -> None:
-            with autocast(device, precision):
-                teacher(teacher_images)
+        for mode in ("auto", "no"):
 
-        results["teacher_forward"] = median_seconds(teacher_step, args.steps)
+            @torch.no_grad()
+            def teacher_step(mode=mode) -> None:
+                with autocast(device, resolve_precision(mode, device)):
+                    teacher(teacher_images)
+
+            name = "teacher_forward" if mode == "auto" else "teacher_forward[fp32]"
+            results[name] = median_seconds(teacher_step, args.steps)
         results["teacher"] = {"folder": str(args.teacher), "arch": config["arch"]}
     record = {
         "command": "python " + " ".join(sys.argv),
