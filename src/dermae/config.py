@@ -208,6 +208,11 @@ class DistillConfig:
     # False (consistent KD): the teacher sees the student's augmented view every step.
     # True: teacher run once on un-augmented train images (faster, inconsistent targets).
     cache_teacher_logits: bool = False
+    # The frozen teacher's precision: `same` runs it inside the student's autocast (a cache is
+    # made in fp32); auto | no | bf16 | fp16 force one. Measured (BENCHMARKS section 29): a
+    # mobilenetv3_small student trains faster in fp32 (`train.mixed_precision: no`) and a
+    # resnet10t teacher runs faster in bf16 (`auto` on an AMX CPU).
+    teacher_precision: str = "same"
     # ce | weighted_ce | balanced_sampler | baseline (whatever the baseline used); hard labels only
     loss: str = "weighted_ce"
     synthetic_ratio: float = 1.0
@@ -588,6 +593,7 @@ def validate_config(cfg: Config) -> None:
     run_dir that is a file or has an over-long name. Types were checked while building."""
     for key, value in _walk(cfg, ""):
         _check_number(key, value)
+    _check_choice("distill.teacher_precision", cfg.distill.teacher_precision, TEACHER_PRECISIONS)
     for f in dataclasses.fields(cfg):
         stage = getattr(cfg, f.name)
         train = getattr(stage, "train", None)
@@ -646,6 +652,7 @@ def validate_config(cfg: Config) -> None:
 
 CLASS_LOSSES = ("ce", "weighted_ce", "balanced_sampler")
 PRECISIONS = ("auto", "no", "bf16", "fp16")  # engine/precision.py resolves auto
+TEACHER_PRECISIONS = ("same", *PRECISIONS)  # same: the student's distill.train.mixed_precision
 SELECT_RULES = ("best", "last")
 
 

@@ -60,3 +60,9 @@ def test_shipped_configs_load():
     assert {c.stem for c in configs} >= {"demo", "cpu-full", "paper-gpu", "smoke"}
     for path in configs:
         load_config(path)  # unknown or mistyped keys would raise
+
+
+def test_teacher_precision_is_checked():
+    assert load_config(None, ["distill.teacher_precision=auto"]).distill.teacher_precision == "auto"
+    with pytest.raises(ConfigError, match="distill.teacher_precision.*'fp8'"):
+        load_config(None, ["distill.teacher_precision=fp8"])

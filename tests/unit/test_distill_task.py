@@ -234,3 +234,48 @@ def test_mixup_refuses_cached_teacher_logits():
         )
     with pytest.raises(ConfigError, match="distill.mixup"):
         load_config(None, ["distill.mixup=0.2", "distill.cache_teacher_logits=true"])
+
+
+class _PrecisionProbe(torch.nn.Module):
+    """A teacher stub that records the autocast state it ran under."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = {"num_classes": 3, "image_size": 16}
+        self.linear = torch.nn.Linear(3 * 16 * 16, 3)
+        self.autocast: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.autocast.append(torch.is_autocast_enabled("cpu"))
+        return self.linear(x.flatten(1))
+
+
+@pytest.mark.parametrize(
+    ("outer_bf16", "precision", "expect_autocast"),
+    [(True, "same", True), (True, "no", False), (False, "same", False), (False, "bf16", True)],
+)
+def test_teacher_precision_overrides_the_students_autocast(outer_bf16, precision, expect_autocast):
+    teacher = _PrecisionProbe()
+    task = DistillTask(_Fixed(), teacher, teacher_precision=precision).eval()
+    x = images(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=outer_bf16):
+        logits = task.teacher_logits(batch_of(x))
+    assert teacher.autocast == [expect_autocast]
+    assert logits.dtype == torch.float32  # the KD terms always get fp32 logits
+    with torch.no_grad():
+        fp32 = teacher.linear(x.flatten(1))
+    # fp32 teacher logits are exactly the teacher's own; bf16 ones are rounded.
+    assert torch.equal(logits, fp32) == (not expect_autocast)
+
+
+def test_cached_teacher_logits_follow_teacher_precision():
+    teacher = _PrecisionProbe()
+    dataset = [{"image": images(1, seed=i)[0], "index": torch.tensor(i)} for i in range(3)]
+    teacher_logits_for(teacher, dataset, batch_size=3, device="cpu", precision="bf16")
+    teacher_logits_for(teacher, dataset, batch_size=3, device="cpu")
+    assert teacher.autocast == [True, False]
+
+
+def test_unknown_teacher_precision_is_refused():
+    with pytest.raises(ValueError, match="teacher_precision 'fp8'"):
+        DistillTask(_Fixed(), _PrecisionProbe(), teacher_precision="fp8")

@@ -27,14 +27,18 @@ one soft target, and the hard rows' masks (synthetic rows) must follow each side
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from dermae.classify.model import Classifier
+from dermae.config import TEACHER_PRECISIONS
 from dermae.data.transforms import to_resolution
 from dermae.distill.losses import kd_terms
+from dermae.engine.precision import precision_scope
 
 
 def teacher_view(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -48,16 +52,23 @@ def freeze(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
+def teacher_scope(device: torch.device, precision: str) -> AbstractContextManager:
+    """The teacher's precision: `same` leaves whatever autocast is active, others force one."""
+    return nullcontext() if precision == "same" else precision_scope(device, precision)
+
+
 @torch.no_grad()
 def teacher_logits_for(
     teacher: Classifier,
     dataset: Dataset,
     batch_size: int = 256,
     device: torch.device | str | None = None,
+    precision: str = "same",
 ) -> torch.Tensor:
     """Teacher logits [N, C] (float32, CPU) for every item of `dataset`, in dataset order.
 
     Pass the un-augmented train dataset: row i of the result is looked up by batch["index"] == i.
+    `precision`: as `distill.teacher_precision` (`same` is fp32 here: no autocast is active).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     home = next(teacher.parameters()).device
@@ -66,7 +77,8 @@ def teacher_logits_for(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     out = torch.empty(len(dataset), int(teacher.config["num_classes"]))
     for batch in tqdm(loader, desc="teacher logits", leave=False, disable=len(loader) < 5):
-        logits = teacher(to_resolution(teacher_view(batch).to(device), size))
+        with teacher_scope(device, precision):
+            logits = teacher(to_resolution(teacher_view(batch).to(device), size))
         out[batch["index"]] = logits.float().cpu()
     teacher.to(home)
     return out
@@ -86,8 +98,15 @@ class DistillTask(nn.Module):
         cached_logits: torch.Tensor | None = None,
         synthetic_hard_labels: bool = True,
         mixup: float = 0.0,
+        teacher_precision: str = "same",
     ):
         super().__init__()
+        if teacher_precision not in TEACHER_PRECISIONS:
+            raise ValueError(
+                f"distill.teacher_precision '{teacher_precision}' unknown; use one of "
+                f"{', '.join(TEACHER_PRECISIONS)}"
+            )
+        self.teacher_precision = teacher_precision
         if mixup < 0:
             raise ValueError(f"distill.mixup must be >= 0 (0 is off), got {mixup}")
         if mixup > 0 and cached_logits is not None:
@@ -122,7 +141,9 @@ class DistillTask(nn.Module):
     def teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.cached_logits is not None:
             return self.cached_logits[batch["index"].to(self.cached_logits.device)]
-        return self.teacher(to_resolution(teacher_view(batch), self.teacher_size))
+        image = to_resolution(teacher_view(batch), self.teacher_size)
+        with teacher_scope(image.device, self.teacher_precision):
+            return self.teacher(image).float()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         hard = None

@@ -223,7 +223,7 @@ def distill(
         if dcfg.cache_teacher_logits:
             start = time.perf_counter()
             clean = setup.prepared.dataset(setup.train_set.rows, view_size=view_size)
-            cached = teacher_logits_for(teacher, clean)
+            cached = teacher_logits_for(teacher, clean, precision=dcfg.teacher_precision)
             cache_seconds = time.perf_counter() - start
         student = build_classifier(
             classifier_config(
@@ -244,6 +244,7 @@ def distill(
             cached,
             synthetic_hard_labels=dcfg.synthetic_hard_labels,
             mixup=dcfg.mixup,
+            teacher_precision=dcfg.teacher_precision,
         )
 
     provenance = {
