@@ -342,6 +342,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return float(value)
         except ValueError:
             raise ConfigError(f"config key '{key}' must be float, got {value!r}") from None
+    if annotation is str and value is False and key.endswith("precision"):
+        return "no"  # YAML 1.1 reads a bare `mixed_precision: no` as False
     if annotation in (int, float, str, bool) and not (
         isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))
     ):

@@ -66,3 +66,10 @@ def test_teacher_precision_is_checked():
     assert load_config(None, ["distill.teacher_precision=auto"]).distill.teacher_precision == "auto"
     with pytest.raises(ConfigError, match="distill.teacher_precision.*'fp8'"):
         load_config(None, ["distill.teacher_precision=fp8"])
+
+
+def test_a_bare_no_precision_means_fp32_not_false(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("distill:\n  teacher_precision: auto\n  train: {mixed_precision: no}\n")
+    assert load_config(path).distill.train.mixed_precision == "no"
+    assert load_config(None, ["distill.teacher_precision=no"]).distill.teacher_precision == "no"
