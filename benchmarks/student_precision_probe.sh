@@ -7,10 +7,14 @@
 #   fp32:  distill.train.mixed_precision=no (student and teacher in fp32)
 #   split: the student in fp32, the teacher in bf16 (distill.teacher_precision=auto)
 #   STEPS=300 DERMAE_THREADS=2 bash benchmarks/student_precision_probe.sh    # about 10 min
+# VARIANTS picks some of them; EVAL_EVERY validates every so many steps (best-by-validation, as
+# section 29's students; default: once, at the end).
 # Writes benchmarks/results/student_precision_probe.json (train seconds per step, load).
 set -euo pipefail
 FROM=${FROM:-runs/cpu-full-student-mobilenetv3_small_100}
 STEPS=${STEPS:-300}
+EVAL_EVERY=${EVAL_EVERY:-$STEPS}
+VARIANTS=${VARIANTS:-same fp32 split}
 CONFIG=${CONFIG:-configs/cpu-full.yaml}
 DERMAE=${DERMAE:-.venv/bin/dermae}
 PY=$(dirname "$DERMAE")/python
@@ -22,7 +26,7 @@ declare -A SETTINGS=(
   [split]="distill.train.mixed_precision=no distill.teacher_precision=auto"
 )
 BEFORE=$(uptime)
-for name in same fp32 split; do
+for name in $VARIANTS; do
   RUN=$FROM-precision-$name
   rm -rf "$RUN" && mkdir -p "$RUN/stages"
   cp -r "$FROM/config.yaml" "$FROM/data" "$FROM/baseline" "$FROM/baseline_seeds" "$RUN/"
@@ -32,19 +36,21 @@ for name in same fp32 split; do
   "$DERMAE" distill -c "$CONFIG" --run-dir "$RUN" --set baseline.loss=balanced_sampler \
     --set data.include_synthetic=false --set "distill.teachers=[baseline]" \
     --set distill.model=mobilenetv3_small_100 --set "distill.train.max_steps=$STEPS" \
-    --set "distill.train.eval_every=$STEPS" ${EXTRA[@]+"${EXTRA[@]}"}
+    --set "distill.train.eval_every=$EVAL_EVERY" ${EXTRA[@]+"${EXTRA[@]}"}
 done
-"$PY" - "$FROM" "$STEPS" "$OUT" "$BEFORE" "$(uptime)" <<'PY'
+"$PY" - "$FROM" "$STEPS" "$OUT" "$BEFORE" "$(uptime)" "$VARIANTS" "$EVAL_EVERY" <<'PY'
 import json, sys
 from pathlib import Path
-source, steps, out, before, after = sys.argv[1:]
+source, steps, out, before, after, variants, eval_every = sys.argv[1:]
 runs = {}
-for name in ("same", "fp32", "split"):
+for name in variants.split():
     stats = json.loads(Path(f"{source}-precision-{name}/student/model_stats.json").read_text())
     runs[name] = {"train_seconds": stats["train_seconds"], "steps": stats["steps"],
                   "seconds_per_step": round(stats["train_seconds"] / stats["steps"], 4)}
     print(f"{name:6s} {runs[name]['seconds_per_step']:.3f} s/step")
-record = {"command": f"STEPS={steps} DERMAE_THREADS=2 bash benchmarks/student_precision_probe.sh",
+command = (f"VARIANTS='{variants}' STEPS={steps} EVAL_EVERY={eval_every} OUT={out} "
+           "DERMAE_THREADS=2 bash benchmarks/student_precision_probe.sh")
+record = {"command": command,
           "source_run": source, "uptime_before": before, "uptime_after": after, "runs": runs}
 Path(out).write_text(json.dumps(record, indent=2) + "\n")
 PY
