@@ -3,7 +3,7 @@
     python benchmarks/bench_step_breakdown.py runs/cpu-full-fm \
         --student resnet10t --student mobilenetv3_small_100 \
         --teacher runs/cpu-full-student-mobilenetv3_small_100/teacher_ensemble/model \
-        --out benchmarks/results/step_breakdown.json        # ~3 min, 2 threads, idle machine
+        --out benchmarks/results/step_breakdown_amx.json   # 90 s, 2 threads, idle machine
 
 Each part is timed alone, as the training loop runs it (batch 64, `num_workers=0`, precision
 `auto`), median of `--steps` batches after one warm-up:
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path, help="a run whose data/ is prepared")
     parser.add_argument("--student", action="append", default=[], help="timm architecture")
     parser.add_argument("--teacher", type=Path, help="a saved classifier or ensemble folder")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     threads, why = apply_threads(int(os.environ.get("DERMAE_THREADS", "0")))
