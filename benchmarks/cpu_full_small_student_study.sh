@@ -25,13 +25,7 @@ DERMAE=${DERMAE:-.venv/bin/dermae}
 PY=$(dirname "$DERMAE")/python
 N=${N:-3}
 [ -d "$FROM/baseline_seeds" ] || { echo "no teacher members in $FROM: run cpu_full_fm_study.sh first" >&2; exit 2; }
-copy_teacher_run() {  # source, new run dir: the same data and (b)'s resnet10t teacher members
-  if [ ! -d "$2" ]; then
-    mkdir -p "$2/stages"
-    cp -r "$1/config.yaml" "$1/data" "$1/baseline" "$1/baseline_seeds" "$2/"
-    for m in prepare baseline baseline_seeds; do cp "$1/stages/$m.json" "$2/stages/"; done
-  fi
-}
+source "$(dirname "$0")/teacher_run.sh"
 copy_teacher_run "$FROM" "$RUN"
 COMMON=(-c "$CONFIG" --set baseline.loss=balanced_sampler --set data.include_synthetic=false
         --set "distill.teachers=[baseline]" --set "distill.model=$STUDENT"

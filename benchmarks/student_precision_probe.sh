@@ -25,12 +25,11 @@ declare -A SETTINGS=(
   [fp32]="distill.train.mixed_precision=no"
   [split]="distill.train.mixed_precision=no distill.teacher_precision=auto"
 )
+source "$(dirname "$0")/teacher_run.sh"
 BEFORE=$(uptime)
 for name in $VARIANTS; do
   RUN=$FROM-precision-$name
-  rm -rf "$RUN" && mkdir -p "$RUN/stages"
-  cp -r "$FROM/config.yaml" "$FROM/data" "$FROM/baseline" "$FROM/baseline_seeds" "$RUN/"
-  for m in prepare baseline baseline_seeds; do cp "$FROM/stages/$m.json" "$RUN/stages/"; done
+  rm -rf "$RUN" && copy_teacher_run "$FROM" "$RUN"  # a fresh copy: the student trains anew
   EXTRA=()
   for kv in ${SETTINGS[$name]}; do EXTRA+=(--set "$kv"); done
   "$DERMAE" distill -c "$CONFIG" --run-dir "$RUN" --set baseline.loss=balanced_sampler \
