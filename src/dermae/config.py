@@ -641,6 +641,13 @@ def validate_config(cfg: Config) -> None:
             f"distill.teachers {list(cfg.distill.teachers)} has no 'baseline' for the extra "
             "seeds to join: add 'baseline' to distill.teachers, or set baseline_seeds to 0"
         )
+    swapped = sorted({"e", "f"} & set(cfg.ablate.variants))
+    if swapped and "teacher" not in cfg.distill.teachers:
+        raise ConfigError(
+            f"config key 'ablate.variants' has {swapped}, which replace the MAE teacher, but "
+            f"distill.teachers {list(cfg.distill.teachers)} has no 'teacher': drop them from "
+            "ablate.variants or add 'teacher' to distill.teachers"
+        )
     if cfg.distill.mixup > 0 and cfg.distill.cache_teacher_logits:
         raise ConfigError(
             "config key 'distill.mixup' needs the live teacher, but "

@@ -8,7 +8,9 @@ half-way resumes from its training checkpoint, but only if it was started with t
 fingerprint (and the loop checks the checkpoint's own fingerprint too).
 
 The per-stage commands (`dermae train`, `dermae finetune`, ...) go through `run_stage`, the
-same logic, so `dermae run` afterwards knows what they made.
+same logic, so `dermae run` afterwards knows what they made. `dermae run` skips the stages
+whose output nothing in the config reads (`dermae.needs`), and lists them in
+`stages/skipped.json`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from dermae.config import Config, fingerprint_tree, save_config
 from dermae.engine.checkpoint import CheckpointError, check_safetensors, collective_saves
 from dermae.engine.fingerprint import first_difference
 from dermae.layout import RunLayout
+from dermae.needs import unneeded_stages
 
 
 @dataclass(frozen=True)
@@ -361,13 +364,19 @@ def run_pipeline(
         if name is not None and name not in STAGE_NAMES:
             raise ValueError(f"unknown stage '{name}'; stages: {', '.join(STAGE_NAMES)}")
     run_dir = Path(cfg.run_dir)
-    RunLayout(run_dir).stages.mkdir(parents=True, exist_ok=True)
+    marks = RunLayout(run_dir).stages
+    marks.mkdir(parents=True, exist_ok=True)
+    unneeded = unneeded_stages(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         save_config(cfg, run_dir / "config.yaml")
+        _write(marks / "skipped.json", unneeded)
     forced = _downstream({from_stage}) if from_stage else set()
     started_all = time.time()
     for stage in STAGES:
-        run_stage(cfg, stage.name, resume=resume, force=stage.name in forced)
+        if stage.name in unneeded:
+            print(f"[dermae] {stage.name}: not needed, skipped ({unneeded[stage.name]})")
+        else:
+            run_stage(cfg, stage.name, resume=resume, force=stage.name in forced)
         if stage.name == until_stage:
             break
     print(f"[dermae] pipeline finished in {time.time() - started_all:.0f} s; see {run_dir}")

@@ -73,3 +73,9 @@ def test_a_bare_no_precision_means_fp32_not_false(tmp_path):
     path.write_text("distill:\n  teacher_precision: auto\n  train: {mixed_precision: no}\n")
     assert load_config(path).distill.train.mixed_precision == "no"
     assert load_config(None, ["distill.teacher_precision=no"]).distill.teacher_precision == "no"
+
+
+def test_ablation_variants_that_swap_the_mae_teacher_need_one():
+    with pytest.raises(ConfigError, match=r"ablate.variants.*\['e', 'f'\].*no 'teacher'"):
+        load_config(None, ["distill.teachers=[baseline]", "ablate.variants=[b,d,e,f]"])
+    load_config(None, ["distill.teachers=[teacher,baseline]", "ablate.variants=[b,d,e,f]"])

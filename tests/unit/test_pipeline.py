@@ -186,3 +186,52 @@ def test_a_later_key_at_its_off_value_leaves_every_stage_fingerprint_as_before()
     assert fingerprint_tree(on)["baseline"]["mixup"] == 0.4
     changed = {k for k, v in fingerprints(on).items() if fingerprints(off)[k] != v}
     assert {"baseline", "distill", "ablate"} <= changed and "vae" not in changed
+
+
+CNN_ONLY = ["distill.teachers=[baseline]", "data.include_synthetic=false", "ablate.variants=[b,d]"]
+
+
+def test_stages_nothing_reads_are_skipped_and_listed(tmp_path, fake_stages, capsys):
+    calls, _ = fake_stages
+    cfg = load_config(None, [f"run_dir={tmp_path}", *CNN_ONLY])
+    pipeline.run_pipeline(cfg)
+    unused = ["vae", "ldm", "sample", "synth_quality", "pretrain", "finetune"]
+    assert [c[0] for c in calls] == [s for s in pipeline.STAGE_NAMES if s not in unused]
+    skipped = json.loads((tmp_path / "stages" / "skipped.json").read_text())
+    assert sorted(skipped) == sorted(unused)
+    assert "data.include_synthetic is false" in skipped["vae"]
+    assert "has no 'teacher'" in skipped["finetune"]
+    assert "vae: not needed, skipped (data.include_synthetic is false)" in capsys.readouterr().out
+    calls.clear()
+    pipeline.run_pipeline(cfg)
+    assert calls == []  # the skipped stages' missing marks do not make the others stale
+    # The same run dir with the whole recipe: the skipped stages run now.
+    pipeline.run_pipeline(load_config(None, [f"run_dir={tmp_path}"]))
+    assert set(unused) <= {name for name, _ in calls}
+    assert json.loads((tmp_path / "stages" / "skipped.json").read_text()) == {}
+
+
+def test_what_each_recipe_needs():
+    from dermae.needs import GENERATOR_STAGES, unneeded_stages
+
+    def unneeded(*overrides):
+        return set(unneeded_stages(load_config(None, list(overrides))))
+
+    assert unneeded() == set()  # the DerMAE recipe reads every stage
+    assert unneeded("finetune.init=scratch") == {"pretrain"}
+    assert unneeded("distill.teachers=[baseline]") == {"pretrain", "finetune"}
+    # Synthetic images unread by anyone: the student and the ViT take none.
+    no_synth = ["pretrain.synthetic_ratio=0", "finetune.synthetic_ratio=0"]
+    assert unneeded(*no_synth) == set()  # the student still reads them
+    assert unneeded(*no_synth, "distill.synthetic_ratio=0") == set(GENERATOR_STAGES)
+    # The ViT from scratch still reads them through finetune.
+    assert unneeded("finetune.init=scratch", "distill.synthetic_ratio=0") == {"pretrain"}
+    assert unneeded("data.include_synthetic=false") == set(GENERATOR_STAGES)
+
+
+def test_the_phone_config_trains_no_generator_and_no_vit():
+    from dermae.needs import GENERATOR_STAGES, unneeded_stages
+
+    phone = unneeded_stages(load_config("configs/cpu-phone.yaml"))
+    assert set(phone) == {*GENERATOR_STAGES, "pretrain", "finetune"}
+    assert unneeded_stages(load_config("configs/cpu-full.yaml")) == {}

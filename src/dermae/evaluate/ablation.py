@@ -101,7 +101,10 @@ def _variant_models(
     notes: dict[str, Any] = {}
     b_dir, notes["simple_fix"] = _simple_fix(cfg, run_dir, resume)
     simple_loss = notes["simple_fix"]["loss"]
-    has_synth = bool(load_prepared(run_dir).manifest["source"].eq("synthetic").sum())
+    # With data.include_synthetic off no trainer reads them, so (c) would be (b) again.
+    has_synth = cfg.data.include_synthetic and bool(
+        load_prepared(run_dir).manifest["source"].eq("synthetic").sum()
+    )
     if "a" in variants:
         models["a_real_ce"] = train_baseline(
             cfg, run_dir, "ablate/a_real_ce", student_recipe(cfg, "ce"), resume=resume
@@ -118,7 +121,10 @@ def _variant_models(
                 resume=resume,
             )
         else:
-            notes["c_real_synth"] = "skipped: no synthetic images (or distill.synthetic_ratio=0)"
+            notes["c_real_synth"] = (
+                "skipped: no synthetic images (or data.include_synthetic false, "
+                "or distill.synthetic_ratio=0)"
+            )
     if "d" in variants and _has_model(RunLayout(run_dir).student_model):
         models["d_dermae"] = RunLayout(run_dir).student_model
     if "e" in variants:

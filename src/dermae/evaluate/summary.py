@@ -409,9 +409,16 @@ def timings_section(run_dir: Path) -> Section | None:
     if not log.exists():
         return None
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return Section(
-        "Stage timings", [f"Total {sum(r['seconds'] for r in rows):.0f} s."], [{"rows": rows}]
-    )
+    paragraphs = [f"Total {sum(r['seconds'] for r in rows):.0f} s."]
+    skipped = _json(RunLayout(run_dir).stages / "skipped.json") or {}
+    by_reason: dict[str, list[str]] = {}
+    for stage, why in skipped.items():
+        by_reason.setdefault(why, []).append(stage)
+    for why, stages in by_reason.items():
+        paragraphs.append(
+            f"Not run, nothing in this config reads them: {', '.join(stages)} ({why})."
+        )
+    return Section("Stage timings", paragraphs, [{"rows": rows}])
 
 
 def build_report(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
