@@ -96,3 +96,26 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
     second = _dermae("run", "--set", external, run_dir=run_dir)
     assert second.returncode == 0, second.stderr[-4000:]
     assert second.stdout.count("done earlier, skipped") == len(STAGE_NAMES)
+
+
+def test_a_cnn_only_recipe_trains_no_generator_and_no_vit(tmp_path):
+    """The recipe of configs/cpu-phone.yaml at smoke size: real stages, not fakes, must cope
+    with the skipped ones (evaluation, ablation, export and report without them)."""
+    run_dir = tmp_path / "cnn-only"
+    overrides = [
+        "distill.teachers=[baseline]",
+        "data.include_synthetic=false",
+        "ablate.variants=[b,c,d]",
+        "ablate.seeds=1",
+    ]
+    done = _dermae("run", *[a for o in overrides for a in ("--set", o)], run_dir=run_dir)
+    assert done.returncode == 0, done.stderr[-4000:]
+    skipped = json.loads((run_dir / "stages" / "skipped.json").read_text())
+    assert set(skipped) == {"vae", "ldm", "sample", "synth_quality", "pretrain", "finetune"}
+    assert not any((run_dir / folder).exists() for folder in ("synth", "pretrain", "teacher"))
+    ablation = json.loads((run_dir / "ablate" / "ablation.json").read_text())
+    assert {"b_simple_fix", "d_dermae"} <= set(ablation["models"])
+    assert "c_real_synth" not in ablation["models"] and "teacher" not in ablation["models"]
+    assert ablation["notes"]["c_real_synth"].startswith("skipped")
+    assert (run_dir / "export").exists()
+    assert "Not run, nothing in this config reads them: vae" in (run_dir / "report.md").read_text()

@@ -181,3 +181,21 @@ def test_report_finds_plots_of_a_moved_run(tmp_path):
     (folder / "metrics.json").write_text(json.dumps(result))
     details = metrics_section(tmp_path)[1]
     assert [Path(p) for p in details.images] == [folder / "confusion.png"]
+
+
+def test_timings_name_the_stages_the_config_did_not_need(tmp_path: Path) -> None:
+    from dermae.evaluate.summary import timings_section
+
+    stages = tmp_path / "stages"
+    stages.mkdir()
+    (stages / "timings.jsonl").write_text(
+        '{"stage": "baseline", "seconds": 12.0}\n{"stage": "distill", "seconds": 30.5}\n'
+    )
+    why = "data.include_synthetic is false"
+    (stages / "skipped.json").write_text(json.dumps({"vae": why, "ldm": why}))
+    section = timings_section(tmp_path)
+    assert section is not None
+    assert section.paragraphs == [
+        "Total 42 s.",
+        f"Not run, nothing in this config reads them: vae, ldm ({why}).",
+    ]
