@@ -268,3 +268,16 @@ def test_seed_study_scores_folders_and_chooses_on_validation(tmp_path: Path) -> 
     assert diff == pytest.approx(d_test - sum(scores) / 2)
     with pytest.raises(SystemExit):
         script.main([str(tmp_path), "--reference", "x", "--recipe", recipe_d])
+
+
+def test_generator_probe_second_judge_scores_what_the_filter_keeps() -> None:
+    import numpy as np
+
+    probe = _load("generator_weights_probe")
+    first = np.array([True, True, False, False])  # the filter keeps images 0 and 1
+    second = np.array([True, False, True, True])
+    nothing = np.zeros(2, dtype=bool)
+    out = probe.second_opinion({"mel": [first, second], "vasc": [nothing, ~nothing]})
+    assert out["accepted"] == {"mel": 0.5, "vasc": 0.0}
+    assert out["fidelity"] == {"mel": 0.75, "vasc": 1.0}
+    assert out["of_accepted"] == {"mel": 0.5, "vasc": None}  # nothing kept: no score
