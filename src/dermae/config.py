@@ -112,6 +112,13 @@ class VAEConfig:
     layers_per_block: int = 1
     kl_weight: float = 1e-6
     disc_weight: float = 0.0  # must stay 0: no discriminator (see synth/vae.py)
+    # Weight of a perceptual term: the distance between an image and its reconstruction in the
+    # features of the real-trained baseline (<run_dir>/baseline/model), since no pretrained
+    # LPIPS network can be downloaded here. 0: L1 + KL only, whose blur loses lesion classes.
+    perceptual_weight: float = 0.0
+    # Draw train rows with probability ~ count(class)^-power (as ldm.class_sampling_power):
+    # rare classes (vasc, df: ~1 % of images) otherwise barely shape the decoder.
+    class_sampling_power: float = 0.0
     mid_attention: bool = True  # self-attention in the VAE mid block
     augment: bool = True  # random flips of train images (lesions have no orientation)
     scale_images: int = 2048  # train images used to estimate the latent scaling factor
@@ -394,7 +401,10 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 # Keys added after runs were made, with their off value. Fingerprints (a stage's done mark, a
 # training checkpoint) leave them out while off, so that what was made before they existed
 # still counts as done and still resumes.
-LATER_KEYS: dict[str, dict[str, Any]] = {"baseline": {"mixup": 0.0}}
+LATER_KEYS: dict[str, dict[str, Any]] = {
+    "baseline": {"mixup": 0.0},
+    "vae": {"perceptual_weight": 0.0, "class_sampling_power": 0.0},
+}
 
 
 def without_later_keys(section: str, settings: dict[str, Any]) -> dict[str, Any]:

@@ -185,13 +185,34 @@ def _call(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
+# Upstream stages read only under a setting: (stage, setting, upstream). A VAE with a
+# perceptual term measures in the baseline's features, so a new baseline makes it stale.
+# (synth_quality also reads the baseline's extra seeds where they exist, as independent
+# judges; they decide nothing later stages read, so more seeds do not redo MAE pre-training.)
+READS_WHEN_SET: tuple[tuple[str, str, str], ...] = (("vae", "vae.perceptual_weight", "baseline"),)
+
+
+def _after(tree: dict[str, Any], stage: Stage) -> tuple[str, ...]:
+    extra = [up for name, key, up in READS_WHEN_SET if name == stage.name and _setting(tree, key)]
+    return stage.after + tuple(extra)
+
+
 def _payload(tree: dict[str, Any], stage: Stage, upstream: dict[str, str]) -> dict[str, Any]:
     return {
         "data": tree["data"],
         "seed": tree["seed"],
         "sections": {s: _section(tree, s) for s in stage.sections},
-        "after": [upstream[u] for u in stage.after],
+        "after": [upstream[u] for u in _after(tree, stage)],
     }
+
+
+def _setting(tree: dict[str, Any], key: str) -> Any:
+    """One setting, or None where the fingerprint tree left it out (LATER_KEYS at off)."""
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
 
 
 def _section(tree: dict[str, Any], key: str) -> Any:
@@ -264,10 +285,11 @@ def output_problem(record: dict[str, Any]) -> str | None:
     return None
 
 
-def _downstream(names: set[str]) -> set[str]:
+def _downstream(names: set[str], cfg: Config) -> set[str]:
     out = set(names)
+    tree = fingerprint_tree(cfg)
     for stage in STAGES:  # STAGES is topologically ordered
-        if out & set(stage.after):
+        if out & set(_after(tree, stage)):
             out.add(stage.name)
     return out
 
@@ -370,7 +392,7 @@ def run_pipeline(
     if int(os.environ.get("RANK", "0")) == 0:
         save_config(cfg, run_dir / "config.yaml")
         _write(marks / "skipped.json", unneeded)
-    forced = _downstream({from_stage}) if from_stage else set()
+    forced = _downstream({from_stage}, cfg) if from_stage else set()
     started_all = time.time()
     for stage in STAGES:
         if stage.name in unneeded:

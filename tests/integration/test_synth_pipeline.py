@@ -20,9 +20,9 @@ from dermae.classify.model import build_classifier, classifier_config, save_clas
 from dermae.config import Config, LDMConfig, SampleConfig, TrainConfig, VAEConfig
 from dermae.data.prepared import MANIFEST_COLUMNS, load_prepared
 from dermae.synth.ldm import train_ldm
-from dermae.synth.quality import evaluate_synthetic
+from dermae.synth.quality import evaluate_synthetic, reconstructed_images
 from dermae.synth.sample import SamplingError, read_manifest, sample_balanced
-from dermae.synth.vae import train_vae
+from dermae.synth.vae import load_vae, train_vae
 
 SIZE = 16
 CLASSES = ["bcc", "df", "nv"]
@@ -341,6 +341,55 @@ def test_evaluate_synthetic_flags_a_planted_copy(trained_run, tmp_path):
     assert np.isfinite(overall["fid"]) and np.isfinite(overall["kid"])
     assert 0.0 <= overall["precision"] <= 1.0 and 0.0 <= overall["recall"] <= 1.0
 
+    # The VAE ceiling: the same classifier on the VAE's reconstructions of real val images.
+    val = data.rows("val")
+    val = val[val["diagnosis"].isin(["bcc", "df"])]
+    recon = reconstructed_images(
+        load_vae(run), data.arrays["real"][val["cache_index"].to_numpy()], torch.device("cpu")
+    )
+    with torch.no_grad():
+        pred = (
+            clf.eval()(torch.from_numpy(recon).permute(0, 3, 1, 2).float() / 255).argmax(1).numpy()
+        )
+    hit = np.array(CLASSES)[pred] == val["diagnosis"].to_numpy()
+    assert overall["vae_ceiling_fidelity"] == pytest.approx(hit.mean())
+    for c in ("bcc", "df"):
+        in_c = (val["diagnosis"] == c).to_numpy()
+        assert report["per_class"][c]["vae_ceiling_fidelity"] == pytest.approx(hit[in_c].mean())
+
+
+def test_independent_judges_score_all_images_and_those_the_filter_keeps(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "run")
+    cfg = tiny_config(run, filter="classifier")
+    sample_balanced(cfg, run, progress=False)
+    torch.manual_seed(0)
+    save_classifier(
+        tmp_path / "judge", build_classifier(classifier_config("resnet10t", CLASSES, ["bcc"], SIZE))
+    )
+    torch.manual_seed(1)
+    other = build_classifier(classifier_config("resnet10t", CLASSES, ["bcc"], SIZE)).eval()
+    report = evaluate_synthetic(cfg, run, classifier=tmp_path / "judge", independent=[other])
+
+    data = load_prepared(run, filtered=False)
+    synth = data.manifest[data.manifest["source"] == "synthetic"].reset_index(drop=True)
+    images = data.arrays["synthetic"][synth["cache_index"].to_numpy()]
+    with torch.no_grad():
+        pred = other(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).argmax(1)
+    hit = np.array(CLASSES)[pred.numpy()] == synth["diagnosis"].to_numpy()
+    kept = pd.read_csv(run / "data/synthetic/accepted.csv")["accepted"].to_numpy()
+    for c in ("bcc", "df"):
+        entry, in_c = report["per_class"][c], (synth["diagnosis"] == c).to_numpy()
+        assert entry["independent_fidelity"] == pytest.approx(hit[in_c].mean())
+        if (in_c & kept).any():
+            assert entry["independent_fidelity_of_accepted"] == pytest.approx(
+                hit[in_c & kept].mean()
+            )
+        else:
+            assert entry["independent_fidelity_of_accepted"] is None
+        assert 0.0 <= entry["independent_vae_ceiling_fidelity"] <= 1.0
+    assert report["overall"]["independent_fidelity"] == pytest.approx(hit.mean())
+    assert report["overall"]["independent_judges"] == 1
+
 
 def test_class_sampling_power_reaches_the_unet_loop(trained_run, monkeypatch):
     class Captured(Exception):
@@ -361,3 +410,29 @@ def test_class_sampling_power_reaches_the_unet_loop(trained_run, monkeypatch):
     # Every class has the same total draw weight: rare df as likely as common nv.
     totals = [weights[cond == c].sum() for c in np.unique(cond)]
     assert totals == pytest.approx([totals[0]] * len(totals))
+
+
+def test_vae_class_sampling_power_reaches_the_vae_loop(trained_run, monkeypatch):
+    class Captured(Exception):
+        pass
+
+    seen = {}
+
+    def fit_stub(task, dataset, *args, **kwargs):
+        seen["weights"], seen["labels"] = kwargs["sampler_weights"], dataset.labels
+        raise Captured
+
+    monkeypatch.setattr("dermae.synth.vae.fit", fit_stub)
+    base = tiny_config(trained_run)
+    for power, balanced in ((0.0, None), (1.0, True)):
+        cfg = dataclasses.replace(
+            base, vae=dataclasses.replace(base.vae, class_sampling_power=power)
+        )
+        with pytest.raises(Captured):
+            train_vae(cfg, trained_run)
+        if balanced is None:
+            assert seen["weights"] is None  # a plain shuffle
+            continue
+        weights, labels = seen["weights"], seen["labels"]
+        totals = [weights[labels == c].sum() for c in np.unique(labels)]
+        assert len(totals) == 3 and totals == pytest.approx([totals[0]] * 3)

@@ -188,6 +188,23 @@ def test_a_later_key_at_its_off_value_leaves_every_stage_fingerprint_as_before()
     assert {"baseline", "distill", "ablate"} <= changed and "vae" not in changed
 
 
+def test_a_perceptual_vae_is_downstream_of_the_baseline_and_only_then():
+    from dermae.config import fingerprint_tree
+    from dermae.pipeline import _downstream, fingerprints
+
+    plain, perceptual = [], ["vae.perceptual_weight=0.1"]
+    assert "perceptual_weight" not in fingerprint_tree(load_config(None, plain))["vae"]
+    for extra, vae_follows in ((plain, False), (perceptual, True)):
+        base = fingerprints(load_config(None, extra))
+        lr = fingerprints(load_config(None, [*extra, "baseline.train.lr=0.01"]))
+        assert (base["vae"] != lr["vae"]) is vae_follows
+        assert ("vae" in _downstream({"baseline"}, load_config(None, extra))) is vae_follows
+    assert (
+        fingerprints(load_config(None, plain))["vae"]
+        != fingerprints(load_config(None, perceptual))["vae"]
+    )
+
+
 CNN_ONLY = ["distill.teachers=[baseline]", "data.include_synthetic=false", "ablate.variants=[b,d]"]
 
 

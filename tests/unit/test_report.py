@@ -19,7 +19,7 @@ from dermae.evaluate.report import (
     metrics_table,
     render_report,
 )
-from dermae.evaluate.summary import metrics_section
+from dermae.evaluate.summary import metrics_section, vae_ceiling_paragraph
 
 
 class Links(HTMLParser):
@@ -199,3 +199,32 @@ def test_timings_name_the_stages_the_config_did_not_need(tmp_path: Path) -> None
         "Total 42 s.",
         f"Not run, nothing in this config reads them: vae, ldm ({why}).",
     ]
+
+
+def test_vae_ceiling_names_the_classes_the_vae_caps():
+    per_class = {
+        "akiec": {"real_val_fidelity": 0.46, "vae_ceiling_fidelity": 0.0},
+        "df": {"real_val_fidelity": 0.82, "vae_ceiling_fidelity": 0.64},
+        "vasc": {"real_val_fidelity": 0.875, "vae_ceiling_fidelity": 0.125},
+        "bkl": {"class_fidelity": 0.5},  # a run without a VAE ceiling for it
+    }
+    text = vae_ceiling_paragraph(per_class)
+    assert "akiec 46% -> 0%, df 82% -> 64%, vasc 88% -> 12%." in text
+    assert "The VAE caps akiec, vasc:" in text
+    assert vae_ceiling_paragraph({"bkl": {"class_fidelity": 0.5}}) is None
+    fine = vae_ceiling_paragraph({"df": {"real_val_fidelity": 0.8, "vae_ceiling_fidelity": 0.5}})
+    assert fine.endswith("No class loses more than half of its rate in the VAE.")
+
+
+def test_vae_ceiling_prefers_the_independent_judges():
+    per_class = {
+        "mel": {
+            "real_val_fidelity": 0.6,
+            "vae_ceiling_fidelity": 0.5,  # the baseline, which gave the VAE its features
+            "independent_real_val_fidelity": 0.6,
+            "independent_vae_ceiling_fidelity": 0.2,
+        }
+    }
+    text = vae_ceiling_paragraph(per_class)
+    assert text.startswith("VAE ceiling: the independent judges' mean recall")
+    assert "mel 60% -> 20%" in text and "The VAE caps mel:" in text

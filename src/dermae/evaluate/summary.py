@@ -99,6 +99,34 @@ def data_section(run_dir: Path, figures: Path) -> Section:
     return Section("Data", paragraphs, [{"rows": rows, "caption": "Images per class"}], [chart])
 
 
+def vae_ceiling_paragraph(per_class: dict[str, dict[str, Any]]) -> str | None:
+    """Name the classes whose VAE reconstructions the judge recognises at under half its rate
+    on the real images: no UNet budget or guidance lifts them above that. The independent
+    judges decide where there are any (the baseline may have given the VAE its features)."""
+    independent = any("independent_vae_ceiling_fidelity" in v for v in per_class.values())
+    prefix = "independent_" if independent else ""
+    pairs = {
+        c: (v[f"{prefix}real_val_fidelity"], v[f"{prefix}vae_ceiling_fidelity"])
+        for c, v in per_class.items()
+        if f"{prefix}vae_ceiling_fidelity" in v and f"{prefix}real_val_fidelity" in v
+    }
+    if not pairs:
+        return None
+    rates = ", ".join(f"{c} {real:.0%} -> {recon:.0%}" for c, (real, recon) in pairs.items())
+    capped = [c for c, (real, recon) in pairs.items() if recon < 0.5 * real]
+    verdict = (
+        f"The VAE caps {', '.join(capped)}: a UNet paints in its latent space, so neither more "
+        "UNet steps nor stronger guidance lifts these classes above their reconstructions' rate."
+        if capped
+        else "No class loses more than half of its rate in the VAE."
+    )
+    judge = "the independent judges' mean" if independent else "the judge's"
+    return (
+        f"VAE ceiling: {judge} recall on real validation images and on the VAE's "
+        f"reconstructions of them: {rates}. {verdict}"
+    )
+
+
 def synth_section(run_dir: Path) -> Section | None:
     synth_dir = RunLayout(run_dir).synth
     if not synth_dir.exists():
@@ -114,6 +142,9 @@ def synth_section(run_dir: Path) -> Section | None:
         ]
         if rows:
             tables.append({"rows": rows, "caption": "Synthetic image quality per class"})
+        ceiling = vae_ceiling_paragraph(per_class)
+        if ceiling:
+            paragraphs.append(ceiling)
         overall = {k: v for k, v in quality.items() if not isinstance(v, dict | list)}
         if overall:
             tables.append({"rows": [overall], "caption": "Overall"})

@@ -8,7 +8,10 @@ an Inception network where weights exist. Reported (synth/synth_quality.json):
   same class. With a few hundred images FID is strongly biased upwards: compare runs at equal
   counts, or read KID, which is unbiased.
 - k-NN precision / recall (Kynkäänniemi et al. 2019, k=3) in the same feature space.
-- Class fidelity: accuracy of the real-trained classifier on the synthetic images.
+- Class fidelity: accuracy of the real-trained classifier on the synthetic images, beside two
+  ceilings on real validation images: its accuracy on them, and on the VAE's reconstructions
+  of them (`vae_ceiling_fidelity`). A UNet paints in the VAE's latent space, so a class whose
+  reconstructions the classifier no longer recognises cannot be painted recognisably either.
 - Memorisation: each synthetic image's nearest real train image in feature and pixel space.
   The near-copy threshold is the 1st percentile of real-to-real nearest-neighbour distances
   between different lesions (group_id differs): closer than nearly any two distinct real
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +38,14 @@ from dermae.config import Config
 from dermae.data.prepared import ACCEPTED_FILE, load_prepared
 from dermae.synth.common import (
     MALIGNANT_NAMES,
+    VAE_DIR,
     class_of_rows,
     default_device,
     image_grid,
     save_png,
     synth_dir,
 )
+from dermae.synth.vae import load_vae, reconstruct
 
 NEAR_COPY_PERCENTILE = 1.0
 PIXEL_SIDE = 32  # pixel distances on area-downsampled images: near copies stay near, 4x less memory
@@ -179,6 +185,20 @@ def _run(module: nn.Module, images: np.ndarray, device: torch.device, batch: int
     return torch.cat(out) if out else torch.zeros(0)
 
 
+def reconstructed_images(
+    vae: nn.Module, images: np.ndarray, device: torch.device, batch: int = 256
+) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> the VAE's reconstructions (posterior mode), uint8 like the stored
+    synthetic images: the closest a UNet painting the perfect latent could come."""
+    out = []
+    for s in range(0, len(images), batch):
+        x = torch.from_numpy(np.ascontiguousarray(images[s : s + batch])).to(device)
+        x = x.permute(0, 3, 1, 2).float() / 255
+        recon = reconstruct(vae, x).float().cpu()
+        out.append((recon * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out) if out else images[:0].copy()
+
+
 def _pixels(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> float [N, D] in [0, 1], at most PIXEL_SIDE px."""
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
@@ -205,6 +225,22 @@ def _fidelity(
             [bool(r) == (t == MALIGNANT_NAMES[1]) for r, t in zip(risk, targets, strict=True)]
         )
     raise ValueError(f"classifier classes {classifier_names} cannot judge classes {set(targets)}")
+
+
+def _recognised(
+    judges: list[Classifier], images: np.ndarray, targets: list[str], device: torch.device
+) -> np.ndarray:
+    """Per uint8 image, the fraction of `judges` that give it its class in `targets`."""
+    hits = [
+        _fidelity(
+            _run(judge.to(device).eval(), images, device),
+            list(judge.config["class_names"]),
+            list(judge.config["malignant_classes"]),
+            targets,
+        )
+        for judge in judges
+    ]
+    return np.mean(hits, axis=0)
 
 
 def write_filter(
@@ -284,12 +320,16 @@ def evaluate_synthetic(
     run_dir: str | Path,
     classifier: Classifier | str | Path | None = None,
     feature_extractor: nn.Module | None = None,
+    independent: Sequence[Classifier | str | Path] = (),
 ) -> dict:
     """Score `<run_dir>/data/synthetic` against the real train split; write synth_quality.json.
 
     classifier: a real-trained dermae Classifier (or its checkpoint folder; default
     `<run_dir>/baseline/model`); it gives the features (unless `feature_extractor` is passed)
-    and the class-fidelity numbers.
+    and the class-fidelity numbers, and the filter judges with it. `independent`: more
+    real-trained classifiers (other seeds of the baseline) whose mean fidelity is reported as
+    `independent_*`, on all images and on those the filter keeps: the same classifier that
+    chose the images cannot say how recognisable they are.
     """
     run_dir = Path(run_dir)
     default = run_dir.joinpath(*DEFAULT_CLASSIFIER)
@@ -337,13 +377,12 @@ def evaluate_synthetic(
     }
     fidelity = None
     if classifier is not None:
-        logits = _run(classifier.to(device).eval(), synth_img, device)
-        fidelity = _fidelity(
-            logits,
-            list(classifier.config["class_names"]),
-            list(classifier.config["malignant_classes"]),
-            synth_class.tolist(),
-        )
+        fidelity = _recognised([classifier], synth_img, synth_class.tolist(), device) == 1
+    others = [j if isinstance(j, Classifier) else load_classifier(j)[0] for j in independent]
+    judged = {"": [classifier] if classifier is not None else [], "independent_": others}
+    # Mean over the independent judges: a classifier that neither filtered these images nor
+    # gave the VAE its perceptual features.
+    second = _recognised(others, synth_img, synth_class.tolist(), device) if others else None
 
     # Memorisation: nearest real train image of each synthetic one, in two spaces.
     groups = real_rows["group_id"].astype(str).to_numpy()
@@ -379,6 +418,10 @@ def evaluate_synthetic(
     report["memorisation"] = memo
     table.to_csv(synth_dir(run_dir) / "memorisation.csv", index=False)
     report["filter"] = write_filter(cfg.sample.filter, data.root, table, fidelity)
+    accepted = np.ones(len(table), bool)  # what later stages read: all, unless filtered
+    if report["filter"]["kind"] == "classifier":
+        near_copy = table["near_copy_feature"].to_numpy() | table["near_copy_pixel"].to_numpy()
+        accepted = fidelity & ~near_copy
 
     for c in classes:
         fake_m = synth_class == c
@@ -388,6 +431,12 @@ def evaluate_synthetic(
         entry.update(precision_recall(real_f[real_m], synth_f[fake_m], seed=cfg.seed))
         if fidelity is not None:
             entry["class_fidelity"] = float(fidelity[fake_m].mean())
+        if second is not None:
+            entry["independent_fidelity"] = float(second[fake_m].mean())
+            kept = fake_m & accepted
+            entry["independent_fidelity_of_accepted"] = (
+                float(second[kept].mean()) if kept.any() else None
+            )
         for name in spaces:
             entry[f"near_copies_{name}"] = int(table.loc[fake_m, f"near_copy_{name}"].sum())
         report["per_class"][c] = entry
@@ -399,23 +448,33 @@ def evaluate_synthetic(
     overall.update(precision_recall(real_f[matched], synth_f, seed=cfg.seed))
     if fidelity is not None:
         overall["class_fidelity"] = float(fidelity.mean())
-        # The same classifier on real VAL images of the synthesised classes: the ceiling.
-        val_rows = data.rows("val")
-        val_class = class_of_rows(val_rows, conditioning).to_numpy()
-        keep = np.isin(val_class, classes)
-        if keep.any():
-            val_img = np.asarray(data.arrays["real"][val_rows["cache_index"].to_numpy()[keep]])
-            val_fid = _fidelity(
-                _run(classifier, val_img, device),
-                list(classifier.config["class_names"]),
-                list(classifier.config["malignant_classes"]),
-                val_class[keep].tolist(),
-            )
-            overall["real_val_fidelity"] = float(val_fid.mean())
-            for c in classes:
-                m = val_class[keep] == c
-                if m.any():
-                    report["per_class"][c]["real_val_fidelity"] = float(val_fid[m].mean())
+    if second is not None:
+        overall["independent_fidelity"] = float(second.mean())
+        overall["independent_judges"] = len(others)
+        report["independent_judges"] = [
+            str(j) if isinstance(j, str | Path) else type(j).__name__ for j in independent
+        ]
+    # The judges on real VAL images of the synthesised classes, and on the VAE's
+    # reconstructions of them: two ceilings of what synthetic images can reach.
+    val_rows = data.rows("val")
+    val_class = class_of_rows(val_rows, conditioning).to_numpy()
+    keep = np.isin(val_class, classes)
+    if keep.any() and (classifier is not None or others):
+        val_img = np.asarray(data.arrays["real"][val_rows["cache_index"].to_numpy()[keep]])
+        views = {"real_val_fidelity": val_img}
+        if (synth_dir(run_dir) / VAE_DIR / "config.json").exists():
+            vae = load_vae(run_dir).to(device)
+            views["vae_ceiling_fidelity"] = reconstructed_images(vae, val_img, device)
+        targets = val_class[keep]
+        for prefix, judges in judged.items():
+            for key, images in views.items():
+                if not judges:
+                    break
+                hits = _recognised(judges, images, targets.tolist(), device)
+                overall[prefix + key] = float(hits.mean())
+                for c in classes:
+                    if (targets == c).any():
+                        report["per_class"][c][prefix + key] = float(hits[targets == c].mean())
     report["overall"] = overall
     report["note"] = (
         "overall compares the synthetic set with real train images drawn in the same class "

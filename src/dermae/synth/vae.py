@@ -4,6 +4,11 @@ Loss = L1(reconstruction) + kl_weight * KL, both per pixel: the Stable Diffusion
 (sum over pixels, KL weight 1e-6) divided by the number of pixels, so kl_weight keeps its
 usual meaning. No adversarial term: a patch discriminator needs a second optimiser, which the
 one training loop does not have, and would cost ~50 % more per step on CPU.
+
+Optional perceptual term (`vae.perceptual_weight`): Stable Diffusion's VAE adds LPIPS, whose
+ImageNet weights cannot be downloaded here, so the features come from the run's real-trained
+baseline instead (`FeatureDistance`). Without it, the L1 optimum is a blur that the
+classifiers no longer recognise as the lesion's class (BENCHMARKS.md section 31).
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from torch.utils.data import Dataset, Subset
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 from torchvision.transforms import v2
 
-from dermae.config import Config, ConfigError, VAEConfig, to_dict
+from dermae.classify.model import Classifier, load_classifier
+from dermae.config import Config, ConfigError, VAEConfig, to_dict, without_later_keys
+from dermae.data.classes import class_sampling_weights
 from dermae.data.prepared import load_prepared
 from dermae.engine.checkpoint import atomic_dir, commit_dir
 from dermae.engine.loop import fit
@@ -63,13 +70,49 @@ def latent_shape(vae: AutoencoderKL, image_size: int) -> tuple[int, int, int]:
     return vae.config.latent_channels, side, side
 
 
+class FeatureDistance(nn.Module):
+    """LPIPS's distance without its learned channel weights, in a frozen classifier's features:
+    at every stage (timm `forward_intermediates`), features normalised over channels, squared
+    differences summed over channels and averaged over positions; the stages summed."""
+
+    def __init__(self, classifier: Classifier):
+        super().__init__()
+        self.classifier = classifier.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> FeatureDistance:
+        return super().train(False)  # frozen: batch norm keeps its running statistics
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        x = (images - self.classifier.mean) / self.classifier.std
+        return self.classifier.net.forward_intermediates(x, intermediates_only=True)
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean over the batch; both [N, 3, H, W] in [0, 1]."""
+        total = images.new_zeros(())
+        for a, b in zip(self.features(images), self.features(targets), strict=True):
+            a, b = (
+                nn.functional.normalize(a.float(), dim=1),
+                nn.functional.normalize(b.float(), dim=1),
+            )
+            total = total + (a - b).pow(2).sum(dim=1).mean()
+        return total
+
+
 class VAETask(nn.Module):
     """batch["image"] in [0, 1] -> reconstruction loss. `self.model` is the AutoencoderKL."""
 
-    def __init__(self, vae: AutoencoderKL, kl_weight: float = 1e-6):
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        kl_weight: float = 1e-6,
+        perceptual: FeatureDistance | None = None,
+        perceptual_weight: float = 0.0,
+    ):
         super().__init__()
         self.model = vae
         self.kl_weight = kl_weight
+        self.perceptual = perceptual
+        self.perceptual_weight = perceptual_weight
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["image"] * 2 - 1  # [N, 3, H, W] in [-1, 1]
@@ -78,7 +121,23 @@ class VAETask(nn.Module):
         l1 = (recon.float() - x.float()).abs().mean()
         kl = posterior.kl().float().mean() / x[0].numel()  # per-pixel KL
         loss = l1 + self.kl_weight * kl
-        return {"loss": loss, "l1": l1.detach(), "kl": kl.detach(), "recon": recon.detach()}
+        out = {"l1": l1.detach(), "kl": kl.detach(), "recon": recon.detach()}
+        if self.perceptual is not None and self.perceptual_weight > 0:
+            perceptual = self.perceptual((recon + 1) / 2, batch["image"])
+            loss = loss + self.perceptual_weight * perceptual
+            out["perceptual"] = perceptual.detach()
+        return {"loss": loss, **out}
+
+
+def perceptual_network_dir(run_dir: Path) -> Path:
+    """Whose features `vae.perceptual_weight` measures in: the run's real-trained baseline."""
+    path = run_dir / "baseline" / "model"
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"vae.perceptual_weight > 0 needs the real-data baseline at {path}: run "
+            "`dermae train -c CONFIG` first, or set vae.perceptual_weight: 0"
+        )
+    return path
 
 
 @torch.no_grad()
@@ -181,7 +240,9 @@ def train_vae(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
 
     vae = build_vae(vcfg, data.image_size)
     latent_shape(vae, data.image_size)  # fail early on an incompatible image size
-    task = VAETask(vae, vcfg.kl_weight)
+    network = perceptual_network_dir(run_dir) if vcfg.perceptual_weight > 0 else None
+    perceptual = FeatureDistance(load_classifier(network)[0]) if network else None
+    task = VAETask(vae, vcfg.kl_weight, perceptual, vcfg.perceptual_weight)
     val_probe = _subset(data.dataset(val_rows), 256)
 
     def evaluate(task: VAETask) -> dict[str, float]:  # the loop sets eval mode and no_grad
@@ -195,9 +256,15 @@ def train_vae(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
         synth_dir(run_dir) / "vae_train",
         evaluate=evaluate if len(val_rows) else None,
         desc="vae",
+        sampler_weights=(
+            class_sampling_weights(train_ds.labels, vcfg.class_sampling_power)
+            if vcfg.class_sampling_power
+            else None  # a plain shuffle, as before the option existed
+        ),
         # Its own section only: other stages' settings do not make a VAE checkpoint stale.
-        run_config={"vae": to_dict(vcfg)},
+        run_config={"vae": without_later_keys("vae", to_dict(vcfg))},
         resume=resume,
+        upstream=[network] if network else [],
     )
     vae = result.model.eval()
     device = default_device()

@@ -1,0 +1,98 @@
+"""How much of each class survives the VAE? For every run's VAE: the real validation images
+and their reconstructions, each classified by the same real-trained judges (the run's
+baseline and its `baseline_seeds` members). A UNet paints in the VAE's latent space, so the
+recall on reconstructions is the ceiling of the generator's class fidelity.
+
+    python benchmarks/vae_class_probe.py runs/generator-budget runs/vae-latent8 \\
+        --out benchmarks/results/vae_capacity_probe.json
+
+The judges come from the first run; every run must hold the same prepared data. The summary
+(`independent_mean`) averages the baseline_seeds judges only: a VAE trained with
+`vae.perceptual_weight` learnt in baseline/model's features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dermae.classify.model import load_classifier
+from dermae.data.prepared import load_prepared
+from dermae.synth.quality import reconstructed_images
+from dermae.synth.vae import load_vae
+
+
+def judge_names(run: Path) -> list[Path]:
+    """The baseline and every baseline_seeds member of `run`."""
+    members = sorted((run / "baseline_seeds").glob("*/model/config.json"))
+    return [run / "baseline" / "model"] + [m.parent for m in members]
+
+
+def recall_per_class(
+    judge: torch.nn.Module, images: np.ndarray, labels: np.ndarray, classes: list[str]
+) -> dict[str, float]:
+    """Fraction of each class's uint8 [N, H, W, 3] images the judge assigns to that class."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        pred = torch.cat([judge(x[s : s + 256]).argmax(1) for s in range(0, len(x), 256)])
+    pred = pred.numpy()
+    return {c: round(float((pred[labels == i] == i).mean()), 4) for i, c in enumerate(classes)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    data = load_prepared(args.runs[0], with_synthetic=False)
+    rows = data.rows("val")
+    images = np.asarray(data.arrays["real"][rows["cache_index"].to_numpy()])
+    labels = rows["label"].to_numpy()
+    classes = data.class_names
+    judges = {
+        str(p.relative_to(args.runs[0])): load_classifier(p)[0] for p in judge_names(args.runs[0])
+    }
+    device = torch.device("cpu")
+    result: dict = {
+        "what": "judge recall per class on real val images and on their VAE reconstructions",
+        "judges": list(judges),
+        "val_images": {c: int((labels == i).sum()) for i, c in enumerate(classes)},
+        "real": {name: recall_per_class(j, images, labels, classes) for name, j in judges.items()},
+        "vaes": {},
+    }
+    for run in args.runs:
+        vae_dir = run / "synth" / "vae"
+        start = time.perf_counter()
+        recon = reconstructed_images(load_vae(run).to(device), images, device)
+        stage = json.loads((run / "stages" / "vae.json").read_text())
+        result["vaes"][str(run)] = {
+            "settings": stage["inputs"]["sections"]["vae"],
+            "train_seconds": round(stage["seconds"]),
+            "metrics": json.loads((vae_dir / "metrics.json").read_text()),
+            "reconstructed": {
+                name: recall_per_class(j, recon, labels, classes) for name, j in judges.items()
+            },
+            "probe_seconds": round(time.perf_counter() - start, 1),
+        }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    # A perceptual VAE measures in baseline/model's features: its seeds judge independently.
+    independent = [name for name in judges if name.startswith("baseline_seeds")] or list(judges)
+    result["summary_judges"] = independent
+    for run, entry in result["vaes"].items():
+        mean = {
+            c: round(float(np.mean([entry["reconstructed"][j][c] for j in independent])), 2)
+            for c in classes
+        }
+        entry["independent_mean"] = mean
+        print(run, f"psnr {entry['metrics']['psnr']:.1f}", mean)
+
+
+if __name__ == "__main__":
+    main()
