@@ -80,8 +80,6 @@ def main() -> None:
             },
             "probe_seconds": round(time.perf_counter() - start, 1),
         }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
     # A perceptual VAE measures in baseline/model's features: its seeds judge independently.
     independent = [name for name in judges if name.startswith("baseline_seeds")] or list(judges)
     result["summary_judges"] = independent
@@ -92,6 +90,8 @@ def main() -> None:
         }
         entry["independent_mean"] = mean
         print(run, f"psnr {entry['metrics']['psnr']:.1f}", mean)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))  # with the summary, not before it
 
 
 if __name__ == "__main__":
