@@ -281,3 +281,27 @@ def test_generator_probe_second_judge_scores_what_the_filter_keeps() -> None:
     assert out["accepted"] == {"mel": 0.5, "vasc": 0.0}
     assert out["fidelity"] == {"mel": 0.75, "vasc": 1.0}
     assert out["of_accepted"] == {"mel": 0.5, "vasc": None}  # nothing kept: no score
+
+
+def test_kd_gain_plot_copies_student_and_teacher_differences(tmp_path: Path) -> None:
+    script = _load("kd_gain_plot")
+
+    def entry(diff: float) -> dict:
+        return {"balanced_accuracy": {"diff": diff, "ci_lesion_and_seed": [diff - 0.1, diff + 0.1]}}
+
+    (tmp_path / "s.json").write_text(
+        json.dumps({"reference": "b", "paired_test": {"d - b": entry(0.02)}})
+    )
+    (tmp_path / "t.json").write_text(
+        json.dumps({"reference": "b", "paired_test": {"teacher - b": entry(0.07)}})
+    )
+    study = script.Study("99", "toy", "s.json", "d", "t.json", "teacher", 900)
+    point = script.point(study, tmp_path)
+    assert point["teacher_minus_b"] == 0.07 and point["student_minus_b"] == 0.02
+    assert point["student_ci"] == [0.02 - 0.1, 0.02 + 0.1]
+    script.plot([point], tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 0
+    with pytest.raises(KeyError, match="teacher - b"):
+        script.point(script.Study("99", "toy", "s.json", "teacher", "t.json", "x", 900), tmp_path)
+    # Every committed study the script names is readable.
+    assert len([script.point(s) for s in script.STUDIES]) == len(script.STUDIES)
