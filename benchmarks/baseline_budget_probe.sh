@@ -7,17 +7,14 @@
 # validation (benchmarks/seed_study.py).
 #   SRC=runs/cpu-full-fm STEPS=1800 DERMAE_THREADS=2 bash benchmarks/baseline_budget_probe.sh
 set -euo pipefail
+source "$(dirname "$0")/copy_prepared.sh"
 SRC=${SRC:-runs/cpu-full-fm}
 STEPS=${STEPS:-1800}
 N=${N:-3}
 DERMAE=${DERMAE:-.venv/bin/dermae}
 PY=$(dirname "$DERMAE")/python
 DST=runs/baseline-steps-$STEPS
-if [ ! -d "$DST" ]; then
-  mkdir -p "$DST/stages"
-  cp -r "$SRC/data" "$DST/"
-  cp "$SRC/stages/prepare.json" "$DST/stages/"
-fi
+copy_prepared "$SRC" "$DST"
 uptime
 "$DERMAE" run -c configs/cpu-full.yaml --run-dir "$DST" --until baseline_seeds \
   --set baseline.loss=balanced_sampler --set data.include_synthetic=false \

@@ -185,10 +185,15 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("two --recipe entries share a name")
     bars = dict(args.bar)
     result = study(args.run_dir, recipes, args.reference, args.resamples, args.seed, bars=bars)
+    show_and_save(result, args.out)
+
+
+def show_and_save(result: dict[str, Any], out: Path | None) -> None:
+    """Print the study's tables; write its JSON where `out` is given."""
     print(table(result))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from dermae.distill.train import distill
 from dermae.evaluate.ablation import student_recipe
 
 sys.path.insert(0, str(Path(__file__).parent))
-from seed_study import study, table  # noqa: E402
+from seed_study import show_and_save, study  # noqa: E402
 
 
 def _seeded(cfg: Config, k: int) -> Config:
@@ -80,10 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     b = [args.run_dir / "baseline" / "model", *members][: args.seeds]
     result = study(args.run_dir, {"b": b, **trained}, "b", args.resamples, seed=0)
     result["overrides"] = args.set
-    print(table(result))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+    show_and_save(result, args.out)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 #   SRC=runs/cpu-full-fm MODELS="resnet26t resnet34d" DERMAE_THREADS=2 \
 #     bash benchmarks/teacher_class_probe.sh
 set -euo pipefail
+source "$(dirname "$0")/copy_prepared.sh"
 SRC=${SRC:-runs/cpu-full-fm}
 MODELS=${MODELS:-resnet26t resnet34d}
 DERMAE=${DERMAE:-.venv/bin/dermae}
@@ -16,11 +17,7 @@ ARGS=(--member "b0=$SRC/baseline/model" --member "b1=$SRC/baseline_seeds/seed_pl
 ALL=b0+b1+b2
 for MODEL in $MODELS; do
   DST=runs/teacher-class-$MODEL
-  if [ ! -d "$DST" ]; then
-    mkdir -p "$DST/stages"
-    cp -r "$SRC/data" "$DST/"
-    cp "$SRC/stages/prepare.json" "$DST/stages/"
-  fi
+  copy_prepared "$SRC" "$DST"
   uptime
   "$DERMAE" run -c configs/cpu-full.yaml --run-dir "$DST" --until baseline \
     --set "baseline.model=$MODEL" --set baseline.loss=balanced_sampler \
