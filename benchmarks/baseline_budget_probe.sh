@@ -7,7 +7,7 @@
 # validation (benchmarks/seed_study.py).
 #   SRC=runs/cpu-full-fm STEPS=1800 DERMAE_THREADS=2 bash benchmarks/baseline_budget_probe.sh
 set -euo pipefail
-source "$(dirname "$0")/copy_prepared.sh"
+source "$(dirname "$0")/probe_common.sh"
 SRC=${SRC:-runs/cpu-full-fm}
 STEPS=${STEPS:-1800}
 N=${N:-3}

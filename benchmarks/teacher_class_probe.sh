@@ -7,14 +7,12 @@
 #   SRC=runs/cpu-full-fm MODELS="resnet26t resnet34d" DERMAE_THREADS=2 \
 #     bash benchmarks/teacher_class_probe.sh
 set -euo pipefail
-source "$(dirname "$0")/copy_prepared.sh"
+source "$(dirname "$0")/probe_common.sh"
 SRC=${SRC:-runs/cpu-full-fm}
 MODELS=${MODELS:-resnet26t resnet34d}
 DERMAE=${DERMAE:-.venv/bin/dermae}
 PY=$(dirname "$DERMAE")/python
-ARGS=(--member "b0=$SRC/baseline/model" --member "b1=$SRC/baseline_seeds/seed_plus_1/model"
-      --member "b2=$SRC/baseline_seeds/seed_plus_2/model" --ensemble b0+b1+b2)
-ALL=b0+b1+b2
+seed_members "$SRC"
 for MODEL in $MODELS; do
   DST=runs/teacher-class-$MODEL
   copy_prepared "$SRC" "$DST"
@@ -23,9 +21,6 @@ for MODEL in $MODELS; do
     --set "baseline.model=$MODEL" --set baseline.loss=balanced_sampler \
     --set data.include_synthetic=false
   uptime
-  ARGS+=(--member "$MODEL=$DST/baseline/model" --ensemble "$MODEL" --ensemble "b0+b1+b2+$MODEL")
-  ALL="$ALL+$MODEL"
+  add_member "$MODEL" "$DST/baseline/model"
 done
-[ "$ALL" = b0+b1+b2 ] || ARGS+=(--ensemble "$ALL")
-PYTHONPATH=${PYTHONPATH:-src} "$PY" benchmarks/teacher_ensemble_probe.py "$SRC" "${ARGS[@]}" \
-  --out benchmarks/results/teacher_class_probe.json
+score_members "$SRC" benchmarks/results/teacher_class_probe.json

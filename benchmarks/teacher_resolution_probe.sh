@@ -6,15 +6,13 @@
 #   SRC=runs/cpu-full-fm SIZES="96 128" STEPS=900 DERMAE_THREADS=2 \
 #     bash benchmarks/teacher_resolution_probe.sh
 set -euo pipefail
-source "$(dirname "$0")/copy_prepared.sh"
+source "$(dirname "$0")/probe_common.sh"
 SRC=${SRC:-runs/cpu-full-fm}
 SIZES=${SIZES:-96 128}
 STEPS=${STEPS:-900}
 DERMAE=${DERMAE:-.venv/bin/dermae}
 PY=$(dirname "$DERMAE")/python
-ARGS=(--member "b0=$SRC/baseline/model" --member "b1=$SRC/baseline_seeds/seed_plus_1/model"
-      --member "b2=$SRC/baseline_seeds/seed_plus_2/model" --ensemble b0+b1+b2)
-ALL=b0+b1+b2
+seed_members "$SRC"
 for SIZE in $SIZES; do
   DST=runs/teacher-h$SIZE-$STEPS
   if [ ! -d "$DST" ]; then
@@ -31,10 +29,6 @@ for SIZE in $SIZES; do
     --set cnn_teacher.train.mixed_precision=auto \
     --set 'distill.teachers=[baseline,cnn_teacher]' --set 'ablate.variants=[b,d]'
   uptime
-  M=h$SIZE
-  ARGS+=(--member "$M=$DST/cnn_teacher/seed_plus_1/model" --ensemble "$M" --ensemble "b0+b1+b2+$M")
-  ALL="$ALL+$M"
+  add_member "h$SIZE" "$DST/cnn_teacher/seed_plus_1/model"
 done
-[ "$ALL" = b0+b1+b2 ] || ARGS+=(--ensemble "$ALL")
-PYTHONPATH=${PYTHONPATH:-src} "$PY" benchmarks/teacher_ensemble_probe.py "$SRC" "${ARGS[@]}" \
-  --out "benchmarks/results/teacher_resolution_probe_$STEPS.json"
+score_members "$SRC" "benchmarks/results/teacher_resolution_probe_$STEPS.json"
