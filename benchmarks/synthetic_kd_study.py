@@ -22,22 +22,16 @@ mean with (b)'s on test, choosing on validation:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 from dermae.classify.baseline import baseline_seed_dirs, chosen_loss, train_baseline
 from dermae.config import Config, load_config
 from dermae.distill.train import distill
-from dermae.evaluate.ablation import student_recipe
+from dermae.evaluate.ablation import seeded_distill, student_recipe
 
 sys.path.insert(0, str(Path(__file__).parent))
 from seed_study import show_and_save, study  # noqa: E402
-
-
-def _seeded(cfg: Config, k: int) -> Config:
-    train = dataclasses.replace(cfg.distill.train, seed=(cfg.distill.train.seed or 0) + k)
-    return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, train=train))
 
 
 def train_recipes(cfg: Config, run_dir: Path, seeds: int, recipes: list[str]) -> dict:
@@ -45,7 +39,7 @@ def train_recipes(cfg: Config, run_dir: Path, seeds: int, recipes: list[str]) ->
     loss = chosen_loss(run_dir, "baseline")
     trained: dict[str, list[Path]] = {name: [] for name in recipes}
     for k in range(seeds):
-        seeded = _seeded(cfg, k)
+        seeded = seeded_distill(cfg, k)
         if "c" in recipes:
             trained["c"].append(
                 train_baseline(

@@ -63,6 +63,12 @@ def student_recipe(cfg: Config, loss: str) -> BaselineConfig:
     )
 
 
+def seeded_distill(cfg: Config, k: int) -> Config:
+    """`cfg` with the student's training seed moved by `k` (the ablation's seed + k copies)."""
+    train = dataclasses.replace(cfg.distill.train, seed=(cfg.distill.train.seed or 0) + k)
+    return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, train=train))
+
+
 def _has_model(folder: Path) -> bool:
     return (folder / "model.safetensors").exists()
 
@@ -197,10 +203,10 @@ def _seed_models(
             seeded = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, seed=seed))
             stage = f"ablate/seeds/b_seed_plus_{k}"
             seeds[REFERENCE].append(train_baseline(cfg, run_dir, stage, seeded, resume=resume))
-        train = dataclasses.replace(cfg.distill.train, seed=(cfg.distill.train.seed or 0) + k)
-        seeded_cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, train=train))
         stage = f"ablate/seeds/d_seed_plus_{k}"
-        seeds["d_dermae"].append(distill(seeded_cfg, run_dir, stage=stage, resume=resume))
+        seeds["d_dermae"].append(
+            distill(seeded_distill(cfg, k), run_dir, stage=stage, resume=resume)
+        )
     g_dir = run_dir / "ablate" / "g_mixup_no_kd" / "model"
     if "g" in cfg.ablate.variants and _has_model(g_dir):  # (g) is trained (distill.mixup > 0)
         mixed = dataclasses.replace(recipe, mixup=cfg.distill.mixup)

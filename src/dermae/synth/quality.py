@@ -243,6 +243,15 @@ def _recognised(
     return np.mean(hits, axis=0)
 
 
+def _near_copy(table: pd.DataFrame) -> np.ndarray:
+    return table["near_copy_feature"].to_numpy() | table["near_copy_pixel"].to_numpy()
+
+
+def _accepted(table: pd.DataFrame, fidelity: np.ndarray) -> np.ndarray:
+    """The classifier filter's rule: recognised as its class and a near-copy in neither space."""
+    return fidelity & ~_near_copy(table)
+
+
 def write_filter(
     kind: str, data_root: Path, table: pd.DataFrame, fidelity: np.ndarray | None
 ) -> dict:
@@ -259,14 +268,14 @@ def write_filter(
         raise ValueError(f"sample.filter must be 'none' or 'classifier', got '{kind}'")
     if fidelity is None:
         raise ValueError("sample.filter=classifier needs the real-trained baseline classifier")
-    near_copy = table["near_copy_feature"].to_numpy() | table["near_copy_pixel"].to_numpy()
+    near_copy = _near_copy(table)
     verdicts = pd.DataFrame(
         {
             "image_id": table["image_id"],
             "class": table["class"],
             "recognised": fidelity,
             "near_copy": near_copy,
-            "accepted": fidelity & ~near_copy,
+            "accepted": _accepted(table, fidelity),
         }
     )
     tmp = path.with_name(path.name + ".tmp")
@@ -420,8 +429,7 @@ def evaluate_synthetic(
     report["filter"] = write_filter(cfg.sample.filter, data.root, table, fidelity)
     accepted = np.ones(len(table), bool)  # what later stages read: all, unless filtered
     if report["filter"]["kind"] == "classifier":
-        near_copy = table["near_copy_feature"].to_numpy() | table["near_copy_pixel"].to_numpy()
-        accepted = fidelity & ~near_copy
+        accepted = _accepted(table, fidelity)
 
     for c in classes:
         fake_m = synth_class == c
