@@ -215,6 +215,10 @@ class DistillConfig:
     # False (consistent KD): the teacher sees the student's augmented view every step.
     # True: teacher run once on un-augmented train images (faster, inconsistent targets).
     cache_teacher_logits: bool = False
+    # K > 0: each train row is augmented K times once and the teacher labels those views; every
+    # step serves one of them with its teacher logits (consistent, and the teacher costs K
+    # passes instead of one per epoch; `dermae.distill.views`). 0: live or clean cache, above.
+    teacher_views: int = 0
     # The frozen teacher's precision: `same` runs it inside the student's autocast (a cache is
     # made in fp32); auto | no | bf16 | fp16 force one. Measured (BENCHMARKS section 29): a
     # mobilenetv3_small student trains faster in fp32 (`train.mixed_precision: no`) and a
@@ -404,6 +408,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 LATER_KEYS: dict[str, dict[str, Any]] = {
     "baseline": {"mixup": 0.0},
     "vae": {"perceptual_weight": 0.0, "class_sampling_power": 0.0},
+    "distill": {"teacher_views": 0},
 }
 
 
@@ -663,6 +668,18 @@ def validate_config(cfg: Config) -> None:
             "config key 'distill.mixup' needs the live teacher, but "
             "distill.cache_teacher_logits is true (the cache holds logits of unmixed images): "
             "set one of them off"
+        )
+    if cfg.distill.teacher_views > 0 and (cfg.distill.cache_teacher_logits or cfg.distill.mixup):
+        other = "cache_teacher_logits" if cfg.distill.cache_teacher_logits else "mixup"
+        raise ConfigError(
+            f"config key 'distill.teacher_views' is {cfg.distill.teacher_views}, but "
+            f"distill.{other} is on too: views cache the teacher's logits of unmixed augmented "
+            "images, the clean cache does without views; set one of them off"
+        )
+    if cfg.distill.teacher_views > 0 and not cfg.distill.augment:
+        raise ConfigError(
+            "config key 'distill.teacher_views' needs distill.augment=true: un-augmented views "
+            "are all one image; set teacher_views to 0 or turn augmentation on"
         )
     _check_choice("sample.filter", cfg.sample.filter, ("none", "classifier"))
     _check_choice("sample.mixed_precision", cfg.sample.mixed_precision, ("auto", "no", "bf16"))

@@ -62,7 +62,7 @@ class TrainSetup:
 
     prepared: PreparedData
     view: TargetView
-    train_set: LesionDataset
+    train_set: LesionDataset  # a task builder may swap it for a dataset of the same rows
     class_weights: torch.Tensor | None
 
 
@@ -131,7 +131,10 @@ def train_classifier(
     weights, sampler = loss_setup(recipe.loss, targets, len(view.class_names), hard, ~synthetic)
 
     seed_everything(recipe.train.seed)
-    task = make_task(TrainSetup(prepared, view, train_set, weights))
+    setup = TrainSetup(prepared, view, train_set, weights)
+    task = make_task(setup)
+    # A task may serve the same rows another way (distillation's cached teacher views).
+    train_set = setup.train_set
     train_rows = {"real": int((~synthetic).sum()), "synthetic": int(synthetic.sum())}
     result = fit(
         task,

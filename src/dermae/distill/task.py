@@ -7,8 +7,9 @@ resolution, it gets the batch's "teacher_image" (the same augmented view at a hi
 resolution, cached from the source files) when there is one, else the [0, 1] batch resized
 to the teacher's `image_size` (bilinear with antialiasing).
 
-Teacher logits come live (teacher forward on the same augmented batch) or from a cache
-made once over the un-augmented train set (`teacher_logits_for`). The cache trades signal
+Teacher logits come live (teacher forward on the same augmented batch), from a cache of K
+augmented views per row (`distill.teacher_views`, see `dermae.distill.views`: consistent and
+cheap), or from a cache made once over the un-augmented train set (`teacher_logits_for`). The cache trades signal
 for time: the student then sees an augmented image with the teacher's targets for the clean
 one (flips/rotations change little for a lesion classifier, colour jitter a bit more), but
 the teacher costs one pass instead of one pass per epoch. Measured on the shared 2-core CPU
@@ -111,8 +112,9 @@ class DistillTask(nn.Module):
             raise ValueError(f"distill.mixup must be >= 0 (0 is off), got {mixup}")
         if mixup > 0 and cached_logits is not None:
             raise ValueError(
-                "distill.mixup needs the live teacher (the cache holds logits of unmixed "
-                "images): set distill.cache_teacher_logits=false, or distill.mixup=0"
+                "distill.mixup needs the live teacher (a cache holds logits of unmixed "
+                "images): set distill.cache_teacher_logits=false and distill.teacher_views=0, "
+                "or distill.mixup=0"
             )
         self.mixup = float(mixup)
         if student.config["num_classes"] != teacher.config["num_classes"]:
@@ -140,7 +142,10 @@ class DistillTask(nn.Module):
     @torch.no_grad()
     def teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.cached_logits is not None:
-            return self.cached_logits[batch["index"].to(self.cached_logits.device)]
+            index = batch["index"].to(self.cached_logits.device)
+            if self.cached_logits.ndim == 3:  # per view (`teacher_views`): [K, N, C]
+                return self.cached_logits[batch["view"].to(index.device), index]
+            return self.cached_logits[index]
         image = to_resolution(teacher_view(batch), self.teacher_size)
         with teacher_scope(image.device, self.teacher_precision):
             return self.teacher(image).float()

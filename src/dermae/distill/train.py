@@ -36,10 +36,11 @@ from dermae.classify.model import (
 )
 from dermae.classify.thresholds import attach_thresholds
 from dermae.classify.trainer import Recipe, TrainSetup, train_classifier
-from dermae.config import Config, to_dict
+from dermae.config import Config, to_dict, without_later_keys
 from dermae.data.errors import DataError
 from dermae.data.prepared import PreparedData, load_prepared
 from dermae.distill.task import DistillTask, teacher_logits_for
+from dermae.distill.views import build_teacher_views
 from dermae.engine.checkpoint import CONFIG_FILE, MODEL_FILE, save_model
 from dermae.layout import TEACHER, RunLayout
 
@@ -220,7 +221,18 @@ def distill(
         nonlocal cache_seconds
         _check_teacher(teacher_config, setup.view.class_names, teacher_path)
         cached = None
-        if dcfg.cache_teacher_logits:
+        if dcfg.teacher_views > 0:
+            start = time.perf_counter()
+            views = build_teacher_views(
+                teacher,
+                setup.train_set,
+                dcfg.teacher_views,
+                seed=recipe.train.seed,
+                precision=dcfg.teacher_precision,
+            )
+            setup.train_set, cached = views, views.logits
+            cache_seconds = time.perf_counter() - start
+        elif dcfg.cache_teacher_logits:
             start = time.perf_counter()
             clean = setup.prepared.dataset(setup.train_set.rows, view_size=view_size)
             cached = teacher_logits_for(teacher, clean, precision=dcfg.teacher_precision)
@@ -258,6 +270,8 @@ def distill(
         "synthetic_hard_labels": dcfg.synthetic_hard_labels,
         "mixup": dcfg.mixup,
     }
+    if dcfg.teacher_views > 0:  # absent at 0, as before this key existed
+        provenance["teacher_views"] = dcfg.teacher_views
     if teacher_size > data_size:  # else it sees the student's images, as before this key
         provenance["teacher_view"] = view
     trained = train_classifier(
@@ -267,7 +281,7 @@ def distill(
         recipe,
         make_task,
         resume=resume,
-        run_config={"stage": to_dict(dcfg), **provenance},
+        run_config={"stage": without_later_keys("distill", to_dict(dcfg)), **provenance},
         extra_config={"distilled": provenance},
         upstream=[teacher_path],
         teacher_size=view_size,

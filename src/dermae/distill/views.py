@@ -1,0 +1,117 @@
+"""Teacher targets cached per augmented view (`distill.teacher_views`).
+
+The live teacher labels every augmented batch the student sees: consistent, but its forward
+pass is paid every step, which makes a patient (long) schedule or a large teacher expensive
+on a CPU (BENCHMARKS section 29: a third of a step). The clean-image cache
+(`cache_teacher_logits`) is cheap but inconsistent. This is the middle way the issue names,
+"cached per view": each train row is augmented K times once, the teacher labels those K views
+(at its own resolution when it has one), and every training step serves the student one of
+its row's K views, picked at random, with the teacher's logits for exactly that view. The
+teacher's cost becomes K passes over the train set instead of one per epoch, and augmentation
+is paid once instead of every step. What it gives up is view diversity: a row offers K views,
+not a fresh one per epoch.
+
+The views are drawn with their own seed (the training seed) in a forked RNG, so a resumed run
+rebuilds the same views and the training RNG stream is untouched by building them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from dermae.classify.model import Classifier
+from dermae.data.prepared import LesionDataset
+from dermae.data.transforms import to_resolution
+from dermae.distill.task import freeze, teacher_scope, teacher_view
+
+
+class TeacherViews(Dataset):
+    """Item i: one of row i's K cached views, chosen with the global RNG (as augmentation is),
+    with "view" = k so the task can look up the teacher's logits `logits[k, i]`."""
+
+    def __init__(self, base: LesionDataset, images: torch.Tensor, logits: torch.Tensor):
+        if images.shape[:2] != logits.shape[:2] or images.shape[1] != len(base):
+            raise ValueError(
+                f"views {tuple(images.shape[:2])} and logits {tuple(logits.shape[:2])} must both "
+                f"be [K, {len(base)}]"
+            )
+        self.base = base
+        self.images = images  # uint8 [K, N, 3, S, S]
+        self.logits = logits  # float32 [K, N, C]
+        self.labels = base.labels
+        self.malignant = base.malignant
+        self.rows = base.rows
+
+    @property
+    def views(self) -> int:
+        return int(self.images.shape[0])
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def fingerprint(self) -> str:
+        return f"{self.base.fingerprint()}-views{self.views}"
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        k = int(torch.randint(self.views, ()))
+        return {
+            "image": self.images[k, i].float().div_(255.0),
+            "label": torch.tensor(self.labels[i]),
+            "malignant": torch.tensor(self.malignant[i]),
+            "index": torch.tensor(i),
+            "view": torch.tensor(k),
+            "synthetic": torch.tensor(self.base._source[i] == "synthetic"),
+        }
+
+
+@torch.no_grad()
+def build_teacher_views(
+    teacher: Classifier,
+    train_set: LesionDataset,
+    views: int,
+    seed: int,
+    precision: str = "same",
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+) -> TeacherViews:
+    """Draw `views` augmented passes over `train_set` (its own transform and teacher view) and
+    label each with `teacher`. `precision` as `distill.teacher_precision` (`same`: fp32)."""
+    if views < 1:
+        raise ValueError(f"distill.teacher_views must be >= 1 to build views, got {views}")
+    if train_set.transform is None:
+        raise ValueError(
+            "teacher views of an un-augmented train set would be K copies of one image: "
+            "set distill.augment=true, or distill.teacher_views=0"
+        )
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    home = next(teacher.parameters()).device
+    teacher = freeze(teacher).to(device)
+    size = int(teacher.config["image_size"])
+    n = len(train_set)
+    images: torch.Tensor | None = None
+    logits = torch.empty(views, n, int(teacher.config["num_classes"]))
+    loader = DataLoader(train_set, batch_size=batch_size, shuffle=False)
+    bar = tqdm(total=views * len(loader), desc="teacher views", leave=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for k in range(views):
+            for batch in loader:
+                index = batch["index"]
+                # The dataset made these floats from uint8 pixels: storing uint8 is exact.
+                pixels = batch["image"].mul(255.0).round_().to(torch.uint8)
+                if images is None:
+                    images = torch.empty((views, n, *pixels.shape[1:]), dtype=torch.uint8)
+                images[k, index] = pixels
+                with teacher_scope(device, precision):
+                    out = teacher(to_resolution(teacher_view(batch).to(device), size))
+                logits[k, index] = out.float().cpu()
+                bar.update()
+    bar.close()
+    teacher.to(home)
+    assert images is not None  # a train set has rows
+    return TeacherViews(train_set, images, logits)
+
+
+__all__ = ["TeacherViews", "build_teacher_views"]
