@@ -218,6 +218,8 @@ class DistillConfig:
     # K > 0: each train row is augmented K times once and the teacher labels those views; every
     # step serves one of them with its teacher logits (consistent, and the teacher costs K
     # passes instead of one per epoch; `dermae.distill.views`). 0: live or clean cache, above.
+    # Measured (BENCHMARKS section 33): K=8 on the patient phone student cost ~40 % less and
+    # lost the whole KD gain (+0.039 live, -0.000 cached): the views are too few.
     teacher_views: int = 0
     # The frozen teacher's precision: `same` runs it inside the student's autocast (a cache is
     # made in fp32); auto | no | bf16 | fp16 force one. Measured (BENCHMARKS section 29): a

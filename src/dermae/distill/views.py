@@ -11,6 +11,11 @@ teacher's cost becomes K passes over the train set instead of one per epoch, and
 is paid once instead of every step. What it gives up is view diversity: a row offers K views,
 not a fresh one per epoch.
 
+Measured (BENCHMARKS section 33): on section 29's patient phone student, K=8 (about 25 epochs,
+so each view served ~3 times) made a (d) seed about 40 % cheaper and took away its whole KD
+gain over (b) (+0.039 live, -0.000 cached, three seeds; every seed below its live twin). So
+no config turns it on; it may pay only where the teacher costs far more than the student.
+
 The views are drawn with their own seed (the training seed) in a forked RNG, so a resumed run
 rebuilds the same views and the training RNG stream is untouched by building them.
 """
