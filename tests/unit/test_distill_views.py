@@ -57,12 +57,28 @@ def test_views_are_augmented_draws_labelled_by_the_teacher_and_reproducible(tmp_
     assert not torch.equal(other.images, views.images)
 
 
+def test_views_are_drawn_on_first_use_only(tmp_path):
+    make_prepared(tmp_path, n_per_class=4, size=16, classes=CLASSES)
+    teacher = tiny("test_efficientnet", 16, seed=1)
+    calls = []
+    teacher.net.register_forward_pre_hook(lambda m, a: calls.append(1))
+    views = build_teacher_views(teacher, augmented_train_set(tmp_path), views=2, seed=0)
+    assert len(views) > 0 and views.fingerprint().endswith("-views2") and not calls
+    views[0]
+    n_calls = len(calls)
+    assert n_calls > 0 and views.build_seconds > 0
+    views[1], views.logits
+    assert len(calls) == n_calls  # drawn once
+    with pytest.raises(ValueError, match="live teacher"):
+        DistillTask(tiny("test_vit", 16), teacher, views=views, mixup=0.2)
+
+
 def test_a_step_gets_the_teachers_logits_for_the_very_view_the_student_sees(tmp_path):
     make_prepared(tmp_path, n_per_class=6, size=16, classes=CLASSES)
     train_set = augmented_train_set(tmp_path)
     teacher = tiny("test_efficientnet", 16, seed=1)
     views = build_teacher_views(teacher, train_set, views=4, seed=0)
-    cached = DistillTask(tiny("test_vit", 16), teacher, cached_logits=views.logits)
+    cached = DistillTask(tiny("test_vit", 16), teacher, views=views)
     live = DistillTask(tiny("test_vit", 16), teacher)
     loader = DataLoader(views, batch_size=5, shuffle=True, generator=torch.Generator())
     seen_views = set()
@@ -93,8 +109,10 @@ def test_views_need_an_augmented_train_set_and_matching_shapes(tmp_path):
     plain = prepared.dataset(prepared.rows("train"))
     with pytest.raises(ValueError, match="augment"):
         build_teacher_views(tiny("test_vit", 16), plain, views=2, seed=0)
-    with pytest.raises(ValueError, match=r"\[K, "):
-        TeacherViews(plain, torch.zeros(2, len(plain) + 1, 3, 16, 16), torch.zeros(2, 1, 3))
+    shapes = (torch.zeros(2, len(plain) + 1, 3, 16, 16), torch.zeros(2, 1, 3))
+    wrong = TeacherViews(plain, 2, lambda: shapes)
+    with pytest.raises(ValueError, match=r"\[K, N\]"):
+        wrong[0]
 
 
 @pytest.mark.parametrize(
@@ -126,6 +144,11 @@ def test_distill_with_teacher_views_trains_records_them_and_reruns_the_same(tmp_
     log = [json.loads(line) for line in (tmp_path / "student/train/metrics.jsonl").open()]
     losses = [r["loss"] for r in log if "loss" in r]
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+
+    # Run again: the loop reloads the finished stage and never draws the views.
+    distill(cfg, tmp_path)
+    stats = json.loads((tmp_path / "student" / STATS_FILE).read_text())
+    assert stats["teacher_cache_seconds"] == 0
 
     # Fresh training from scratch (no resume) rebuilds the same views and the same student.
     first = load_file(str(model_dir / MODEL_FILE))

@@ -29,6 +29,7 @@ one soft target, and the hard rows' masks (synthetic rows) must follow each side
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 from torch import nn
@@ -100,7 +101,10 @@ class DistillTask(nn.Module):
         synthetic_hard_labels: bool = True,
         mixup: float = 0.0,
         teacher_precision: str = "same",
+        views: Any = None,
     ):
+        """`views`: per-view targets (`dermae.distill.views.TeacherViews`, anything with
+        `.logits` [K, N, C]) for batches that carry "view" and "index"."""
         super().__init__()
         if teacher_precision not in TEACHER_PRECISIONS:
             raise ValueError(
@@ -110,7 +114,7 @@ class DistillTask(nn.Module):
         self.teacher_precision = teacher_precision
         if mixup < 0:
             raise ValueError(f"distill.mixup must be >= 0 (0 is off), got {mixup}")
-        if mixup > 0 and cached_logits is not None:
+        if mixup > 0 and (cached_logits is not None or views is not None):
             raise ValueError(
                 "distill.mixup needs the live teacher (a cache holds logits of unmixed "
                 "images): set distill.cache_teacher_logits=false and distill.teacher_views=0, "
@@ -132,6 +136,7 @@ class DistillTask(nn.Module):
         self.register_buffer("weights", class_weights if class_weights is not None else None)
         # Not persistent: the loop checkpoints only `.model`; the cache is rebuilt on resume.
         self.register_buffer("cached_logits", cached_logits, persistent=False)
+        self.views = views
 
     def train(self, mode: bool = True) -> DistillTask:
         """Switch the student; the teacher stays in eval mode (no dropout, frozen BN statistics)."""
@@ -142,10 +147,10 @@ class DistillTask(nn.Module):
     @torch.no_grad()
     def teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.cached_logits is not None:
-            index = batch["index"].to(self.cached_logits.device)
-            if self.cached_logits.ndim == 3:  # per view (`teacher_views`): [K, N, C]
-                return self.cached_logits[batch["view"].to(index.device), index]
-            return self.cached_logits[index]
+            return self.cached_logits[batch["index"].to(self.cached_logits.device)]
+        if self.views is not None:  # read here, so the views are drawn only if a step runs
+            logits = self.views.logits[batch["view"].cpu(), batch["index"].cpu()]
+            return logits.to(batch["image"].device)
         image = to_resolution(teacher_view(batch), self.teacher_size)
         with teacher_scope(image.device, self.teacher_precision):
             return self.teacher(image).float()

@@ -40,7 +40,7 @@ from dermae.config import Config, to_dict, without_later_keys
 from dermae.data.errors import DataError
 from dermae.data.prepared import PreparedData, load_prepared
 from dermae.distill.task import DistillTask, teacher_logits_for
-from dermae.distill.views import build_teacher_views
+from dermae.distill.views import TeacherViews, build_teacher_views
 from dermae.engine.checkpoint import CONFIG_FILE, MODEL_FILE, save_model
 from dermae.layout import TEACHER, RunLayout
 
@@ -216,13 +216,14 @@ def distill(
     prepared = load_prepared(run_dir, with_synthetic=False)
     data_size = prepared.image_size
     view_size, view = _teacher_view(prepared, teacher_size)
+    views: TeacherViews | None = None
 
     def make_task(setup: TrainSetup) -> DistillTask:
         nonlocal cache_seconds
         _check_teacher(teacher_config, setup.view.class_names, teacher_path)
+        nonlocal views
         cached = None
-        if dcfg.teacher_views > 0:
-            start = time.perf_counter()
+        if dcfg.teacher_views > 0:  # drawn when the first step needs them
             views = build_teacher_views(
                 teacher,
                 setup.train_set,
@@ -230,8 +231,7 @@ def distill(
                 seed=recipe.train.seed,
                 precision=dcfg.teacher_precision,
             )
-            setup.train_set, cached = views, views.logits
-            cache_seconds = time.perf_counter() - start
+            setup.train_set = views
         elif dcfg.cache_teacher_logits:
             start = time.perf_counter()
             clean = setup.prepared.dataset(setup.train_set.rows, view_size=view_size)
@@ -257,6 +257,7 @@ def distill(
             synthetic_hard_labels=dcfg.synthetic_hard_labels,
             mixup=dcfg.mixup,
             teacher_precision=dcfg.teacher_precision,
+            views=views,
         )
 
     provenance = {
@@ -287,6 +288,8 @@ def distill(
         teacher_size=view_size,
     )
     model_dir = trained.model_dir
+    if views is not None:
+        cache_seconds = views.build_seconds  # 0 when the loop only reloaded a finished stage
     stats = {
         "arch": dcfg.model,
         **student_stats(

@@ -17,10 +17,14 @@ gain over (b) (+0.039 live, -0.000 cached, three seeds; every seed below its liv
 no config turns it on; it may pay only where the teacher costs far more than the student.
 
 The views are drawn with their own seed (the training seed) in a forked RNG, so a resumed run
-rebuilds the same views and the training RNG stream is untouched by building them.
+rebuilds the same views and the training RNG stream is untouched by building them. They are
+drawn on first use, so reloading a finished stage costs nothing.
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -34,24 +38,49 @@ from dermae.distill.task import freeze, teacher_scope, teacher_view
 
 class TeacherViews(Dataset):
     """Item i: one of row i's K cached views, chosen with the global RNG (as augmentation is),
-    with "view" = k so the task can look up the teacher's logits `logits[k, i]`."""
+    with "view" = k so the task can look up the teacher's logits `logits[k, i]`.
 
-    def __init__(self, base: LesionDataset, images: torch.Tensor, logits: torch.Tensor):
-        if images.shape[:2] != logits.shape[:2] or images.shape[1] != len(base):
-            raise ValueError(
-                f"views {tuple(images.shape[:2])} and logits {tuple(logits.shape[:2])} must both "
-                f"be [K, {len(base)}]"
-            )
+    `make` draws and labels the views; it runs on first use (an item, or `.logits`), so a
+    finished stage that the loop only reloads never pays for them.
+    """
+
+    def __init__(
+        self,
+        base: LesionDataset,
+        views: int,
+        make: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    ):
         self.base = base
-        self.images = images  # uint8 [K, N, 3, S, S]
-        self.logits = logits  # float32 [K, N, C]
+        self.views = int(views)
+        self._make = make
+        self._images: torch.Tensor | None = None  # uint8 [K, N, 3, S, S]
+        self._logits: torch.Tensor | None = None  # float32 [K, N, C]
+        self.build_seconds = 0.0
         self.labels = base.labels
         self.malignant = base.malignant
         self.rows = base.rows
 
+    def _built(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._images is None or self._logits is None:
+            start = time.perf_counter()
+            images, logits = self._make()
+            expected = (self.views, len(self.base))
+            if tuple(images.shape[:2]) != expected or tuple(logits.shape[:2]) != expected:
+                raise ValueError(
+                    f"views {tuple(images.shape[:2])} and logits {tuple(logits.shape[:2])} must "
+                    f"both be [K, N] = {list(expected)}"
+                )
+            self._images, self._logits = images, logits
+            self.build_seconds = time.perf_counter() - start
+        return self._images, self._logits
+
     @property
-    def views(self) -> int:
-        return int(self.images.shape[0])
+    def images(self) -> torch.Tensor:
+        return self._built()[0]
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return self._built()[1]
 
     def __len__(self) -> int:
         return len(self.base)
@@ -60,9 +89,10 @@ class TeacherViews(Dataset):
         return f"{self.base.fingerprint()}-views{self.views}"
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        images = self.images
         k = int(torch.randint(self.views, ()))
         return {
-            "image": self.images[k, i].float().div_(255.0),
+            "image": images[k, i].float().div_(255.0),
             "label": torch.tensor(self.labels[i]),
             "malignant": torch.tensor(self.malignant[i]),
             "index": torch.tensor(i),
@@ -72,25 +102,15 @@ class TeacherViews(Dataset):
 
 
 @torch.no_grad()
-def build_teacher_views(
+def _draw_and_label(
     teacher: Classifier,
     train_set: LesionDataset,
     views: int,
     seed: int,
-    precision: str = "same",
-    batch_size: int = 256,
-    device: torch.device | str | None = None,
-) -> TeacherViews:
-    """Draw `views` augmented passes over `train_set` (its own transform and teacher view) and
-    label each with `teacher`. `precision` as `distill.teacher_precision` (`same`: fp32)."""
-    if views < 1:
-        raise ValueError(f"distill.teacher_views must be >= 1 to build views, got {views}")
-    if train_set.transform is None:
-        raise ValueError(
-            "teacher views of an un-augmented train set would be K copies of one image: "
-            "set distill.augment=true, or distill.teacher_views=0"
-        )
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    precision: str,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
     home = next(teacher.parameters()).device
     teacher = freeze(teacher).to(device)
     size = int(teacher.config["image_size"])
@@ -116,7 +136,34 @@ def build_teacher_views(
     bar.close()
     teacher.to(home)
     assert images is not None  # a train set has rows
-    return TeacherViews(train_set, images, logits)
+    return images, logits
+
+
+def build_teacher_views(
+    teacher: Classifier,
+    train_set: LesionDataset,
+    views: int,
+    seed: int,
+    precision: str = "same",
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+) -> TeacherViews:
+    """`views` augmented passes over `train_set` (its own transform and teacher view), each
+    labelled by `teacher`, drawn on first use. `precision` as `distill.teacher_precision`
+    (`same`: fp32, no autocast is active here)."""
+    if views < 1:
+        raise ValueError(f"distill.teacher_views must be >= 1 to build views, got {views}")
+    if train_set.transform is None:
+        raise ValueError(
+            "teacher views of an un-augmented train set would be K copies of one image: "
+            "set distill.augment=true, or distill.teacher_views=0"
+        )
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return TeacherViews(
+        train_set,
+        views,
+        lambda: _draw_and_label(teacher, train_set, views, seed, precision, batch_size, device),
+    )
 
 
 __all__ = ["TeacherViews", "build_teacher_views"]
