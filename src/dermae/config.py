@@ -252,6 +252,9 @@ class AblateConfig:
     # baseline_seeds stage where it has them) and pairs the means over seeds with intervals
     # that hold the seed spread (dermae.evaluate.seeds).
     seeds: int = 1
+    # Which variants besides (b) get those seeds, where they trained: (d) and (g) by default;
+    # add c for (c) over seeds too (one more student per extra seed).
+    seed_variants: tuple[str, ...] = ("d", "g")
 
 
 @dataclass(frozen=True)
@@ -411,6 +414,7 @@ LATER_KEYS: dict[str, dict[str, Any]] = {
     "baseline": {"mixup": 0.0},
     "vae": {"perceptual_weight": 0.0, "class_sampling_power": 0.0},
     "distill": {"teacher_views": 0},
+    "ablate": {"seed_variants": ["d", "g"]},
 }
 
 
@@ -652,6 +656,8 @@ def validate_config(cfg: Config) -> None:
     _check_choice("cnn_teacher.loss", cfg.cnn_teacher.loss, (*CLASS_LOSSES, "baseline"))
     for i, variant in enumerate(cfg.ablate.variants):
         _check_choice(f"ablate.variants[{i}]", variant, ("a", "b", "c", "d", "e", "f", "g"))
+    for i, variant in enumerate(cfg.ablate.seed_variants):
+        _check_choice(f"ablate.seed_variants[{i}]", variant, ("c", "d", "g"))
     if cfg.distill.baseline_seeds > 0 and "baseline" not in cfg.distill.teachers:
         raise ConfigError(
             f"config key 'distill.baseline_seeds' is {cfg.distill.baseline_seeds}, but "

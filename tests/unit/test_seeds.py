@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dermae.config import load_config
+from dermae.config import ConfigError, fingerprint_tree, load_config
 from dermae.evaluate import ablation
 from dermae.evaluate.ablation_text import ablation_markdown, seed_verdict, seeds_line
 from dermae.evaluate.paired import paired_metric_fn
@@ -184,3 +184,42 @@ def test_seed_models_train_g_at_every_seed_with_the_students_mixup(tmp_path, mon
         ("ablate/seeds/b_seed_plus_1", 1, 0.0),
         ("ablate/seeds/g_seed_plus_1", 1, 0.4),
     ]
+
+
+def test_seed_models_train_c_at_every_seed_when_asked(tmp_path, monkeypatch):
+    cfg = load_config(
+        None,
+        [
+            f"run_dir={tmp_path}",
+            "ablate.seeds=3",
+            "ablate.variants=[b,c,d]",
+            "ablate.seed_variants=[c]",
+            "distill.synthetic_ratio=0.25",
+        ],
+    )
+    b_dir = _marked(tmp_path / "baseline" / "model", loss="weighted_ce")
+    _marked(tmp_path / "student" / "model")
+    c_dir = _marked(tmp_path / "ablate" / "c_real_synth" / "model")
+    trained = []
+
+    def fake_baseline(cfg_, run_dir, stage, stage_cfg, synthetic_ratio=0.0, resume=True):
+        trained.append((stage, stage_cfg.train.seed, synthetic_ratio))
+        return _marked(run_dir / stage / "model")
+
+    monkeypatch.setattr(ablation, "train_baseline", fake_baseline)
+    monkeypatch.setattr(ablation, "distill", lambda *a, **k: pytest.fail("(d) not asked for"))
+    seeds = ablation._seed_models(cfg, tmp_path, b_dir, "weighted_ce", resume=True)
+    assert set(seeds) == {"b_simple_fix", "c_real_synth"}
+    assert seeds["c_real_synth"] == [
+        c_dir,
+        tmp_path / "ablate/seeds/c_seed_plus_1/model",
+        tmp_path / "ablate/seeds/c_seed_plus_2/model",
+    ]
+    seed = cfg.distill.train.seed or 0  # (c)'s one-seed model trains at the student's seed
+    assert [t for t in trained if "c_seed" in t[0]] == [
+        ("ablate/seeds/c_seed_plus_1", seed + 1, 0.25),
+        ("ablate/seeds/c_seed_plus_2", seed + 2, 0.25),
+    ]
+    with pytest.raises(ConfigError, match="ablate.seed_variants"):
+        load_config(None, ["ablate.seed_variants=[e]"])
+    assert "seed_variants" not in fingerprint_tree(load_config(None, []))["ablate"]

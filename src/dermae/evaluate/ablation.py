@@ -181,8 +181,8 @@ def _variant_models(
 def _seed_models(
     cfg: Config, run_dir: Path, b_dir: Path, simple_loss: str, resume: bool
 ) -> dict[str, list[Path]]:
-    """(b) and (d) (and (g) where it trained) at `ablate.seeds` seeds each; the first of each
-    list is the one-seed model.
+    """(b) and the `ablate.seed_variants` that trained ((d) and (g) by default, (c) on request)
+    at `ablate.seeds` seeds each; the first of each list is the one-seed model.
 
     Only the seed changes (initialisation, data order, augmentation and mixup draws); (d) keeps
     the run's teacher. Where (b) is the pipeline's baseline, its seeds seed + k are the
@@ -194,7 +194,10 @@ def _seed_models(
     recipe = student_recipe(cfg, simple_loss)
     members = baseline_seed_dirs(run_dir, cfg.distill.baseline_seeds)
     reuse = b_dir == layout.baseline_model
-    seeds = {REFERENCE: [b_dir], "d_dermae": [layout.student_model]}
+    wanted = set(cfg.ablate.seed_variants)
+    seeds = {REFERENCE: [b_dir]}
+    if "d" in wanted:
+        seeds["d_dermae"] = [layout.student_model]
     for k in range(1, cfg.ablate.seeds):
         if reuse and k <= len(members) and _has_model(members[k - 1]):
             seeds[REFERENCE].append(members[k - 1])
@@ -203,12 +206,29 @@ def _seed_models(
             seeded = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, seed=seed))
             stage = f"ablate/seeds/b_seed_plus_{k}"
             seeds[REFERENCE].append(train_baseline(cfg, run_dir, stage, seeded, resume=resume))
-        stage = f"ablate/seeds/d_seed_plus_{k}"
-        seeds["d_dermae"].append(
-            distill(seeded_distill(cfg, k), run_dir, stage=stage, resume=resume)
-        )
+        if "d" in wanted:
+            stage = f"ablate/seeds/d_seed_plus_{k}"
+            seeds["d_dermae"].append(
+                distill(seeded_distill(cfg, k), run_dir, stage=stage, resume=resume)
+            )
+    c_dir = run_dir / "ablate" / "c_real_synth" / "model"
+    if "c" in wanted and "c" in cfg.ablate.variants and _has_model(c_dir):  # (c) trained
+        seeds["c_real_synth"] = [c_dir]
+        for k in range(1, cfg.ablate.seeds):
+            train = dataclasses.replace(recipe.train, seed=(recipe.train.seed or 0) + k)
+            stage = f"ablate/seeds/c_seed_plus_{k}"
+            seeds["c_real_synth"].append(
+                train_baseline(
+                    cfg,
+                    run_dir,
+                    stage,
+                    dataclasses.replace(recipe, train=train),
+                    synthetic_ratio=cfg.distill.synthetic_ratio,
+                    resume=resume,
+                )
+            )
     g_dir = run_dir / "ablate" / "g_mixup_no_kd" / "model"
-    if "g" in cfg.ablate.variants and _has_model(g_dir):  # (g) is trained (distill.mixup > 0)
+    if "g" in wanted and "g" in cfg.ablate.variants and _has_model(g_dir):  # distill.mixup > 0
         mixed = dataclasses.replace(recipe, mixup=cfg.distill.mixup)
         seeds["g_mixup_no_kd"] = [g_dir]
         for k in range(1, cfg.ablate.seeds):
