@@ -145,10 +145,12 @@ def test_distill_with_teacher_views_trains_records_them_and_reruns_the_same(tmp_
     losses = [r["loss"] for r in log if "loss" in r]
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
 
-    # Run again: the loop reloads the finished stage and never draws the views.
+    # Run again: the loop reloads the finished stage and never draws the views; the stats
+    # keep what training cost, not what the reload did.
     distill(cfg, tmp_path)
-    stats = json.loads((tmp_path / "student" / STATS_FILE).read_text())
-    assert stats["teacher_cache_seconds"] == 0
+    again_stats = json.loads((tmp_path / "student" / STATS_FILE).read_text())
+    assert again_stats["teacher_cache_seconds"] == stats["teacher_cache_seconds"]
+    assert again_stats["train_seconds"] >= 0.5 * stats["train_seconds"]
 
     # Fresh training from scratch (no resume) rebuilds the same views and the same student.
     first = load_file(str(model_dir / MODEL_FILE))

@@ -45,6 +45,16 @@ def test_loss_falls_and_metrics_are_logged(tmp_path):
     assert (tmp_path / "checkpoint" / "training_state" / "optimizer.pt").exists()
 
 
+def test_reloading_a_finished_run_keeps_its_training_seconds(tmp_path):
+    first = run(tmp_path, steps=6)
+    again = run(tmp_path, steps=6)  # resumes at its last step: nothing left to train
+    assert again.step == 6 and first.seconds > 0
+    # The time saved with the last checkpoint, not the reload's few milliseconds.
+    assert 0.5 * first.seconds < again.seconds < first.seconds + 1.0
+    state = tmp_path / "checkpoint" / "training_state"
+    assert any("seconds" in p.read_text() for p in state.glob("*.json"))
+
+
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     script = [sys.executable, "-m", "tests.helpers.tiny_fit"]

@@ -288,8 +288,12 @@ def distill(
         teacher_size=view_size,
     )
     model_dir = trained.model_dir
-    if views is not None:
-        cache_seconds = views.build_seconds  # 0 when the loop only reloaded a finished stage
+    stats_file = run_dir / stage / STATS_FILE
+    if views is not None and not views.build_seconds and stats_file.exists():
+        # The loop only reloaded a finished stage: the views' cost is the earlier call's.
+        cache_seconds = json.loads(stats_file.read_text()).get("teacher_cache_seconds", 0.0)
+    elif views is not None:
+        cache_seconds = views.build_seconds
     stats = {
         "arch": dcfg.model,
         **student_stats(
@@ -314,5 +318,5 @@ def distill(
         "best": trained.result.best,
         "selected": trained.result.selected,
     }
-    (run_dir / stage / STATS_FILE).write_text(json.dumps(stats, indent=2))
+    stats_file.write_text(json.dumps(stats, indent=2))
     return model_dir

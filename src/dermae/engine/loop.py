@@ -89,6 +89,8 @@ class FitResult:
     step: int
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
+    # Training seconds summed over every call that trained this run (a resumed run adds its
+    # earlier calls' time up to their last checkpoint; reloading a finished run adds ~0).
     seconds: float = 0.0
     # The weights `task` holds: {"rule": best | last, "step", "metric", "score"}; None when
     # nothing was validated on `select_metric`.
@@ -329,6 +331,7 @@ def fit(
     metrics_path = out_dir / METRICS_FILE
     ckpt_dir = out_dir / CHECKPOINT_DIR
     step, best, last_eval = 0, None, None
+    earlier_seconds = 0.0  # training time of the calls this one resumes
     fingerprint = make_fingerprint(
         cfg, trainable, train_dataset, run_config, layer_decay, data_hash, upstream
     )
@@ -349,6 +352,7 @@ def fit(
         if resumed:
             step, best = progress["step"], progress.get("best")
             last_eval = progress.get("last_eval")
+            earlier_seconds = float(progress.get("seconds", 0.0))  # absent before this key
             if not rng_restored:  # more processes than when it was saved
                 seed_everything(seed + step, device_specific=True)
             _truncate_jsonl(metrics_path, step)
@@ -376,7 +380,8 @@ def fit(
         tmp = atomic_dir(ckpt_dir)
         write_model_files(tmp, _weights_of(trainable), stage_config)
         extra = {"ema": _weights_of(ema.module)} if ema is not None else None
-        progress = {"step": step, "best": best, "last_eval": last_eval}
+        seconds = earlier_seconds + time.time() - started
+        progress = {"step": step, "best": best, "last_eval": last_eval, "seconds": seconds}
         save_training_state(tmp, optimizer, progress, extra, rng_states)
         replace_dir(tmp, ckpt_dir)  # rank 0 alone: no collective here
 
@@ -500,6 +505,6 @@ def fit(
         step=step,
         history=history,
         best=best,
-        seconds=time.time() - started,
+        seconds=earlier_seconds + time.time() - started,
         selected=selected,
     )
