@@ -8,8 +8,9 @@ resolution, cached from the source files) when there is one, else the [0, 1] bat
 to the teacher's `image_size` (bilinear with antialiasing).
 
 Teacher logits come live (teacher forward on the same augmented batch), from a cache of K
-augmented views per row (`distill.teacher_views`, see `dermae.distill.views`: consistent and
-cheap), or from a cache made once over the un-augmented train set (`teacher_logits_for`). The cache trades signal
+augmented views per row (`distill.teacher_views`, `dermae.distill.views`: consistent and
+cheaper, but it lost the KD gain where measured, BENCHMARKS section 33), or from a cache made
+once over the un-augmented train set (`teacher_logits_for`). The clean cache trades signal
 for time: the student then sees an augmented image with the teacher's targets for the clean
 one (flips/rotations change little for a lesion classifier, colour jitter a bit more), but
 the teacher costs one pass instead of one pass per epoch. Measured on the shared 2-core CPU

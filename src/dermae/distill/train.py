@@ -219,9 +219,8 @@ def distill(
     views: TeacherViews | None = None
 
     def make_task(setup: TrainSetup) -> DistillTask:
-        nonlocal cache_seconds
+        nonlocal cache_seconds, views
         _check_teacher(teacher_config, setup.view.class_names, teacher_path)
-        nonlocal views
         cached = None
         if dcfg.teacher_views > 0:  # drawn when the first step needs them
             views = build_teacher_views(
