@@ -1,5 +1,7 @@
 """Where `train_augment()`'s time goes: each of its transforms alone, then the whole, applied
 image by image (as `LesionDataset` does) to a batch of 64 uint8 images at 64 px; best of 7.
+Last, `data.batch_augment`'s `augment_batch`: the same operations drawn per image, run once on
+the batch (float, after collation).
 
     python benchmarks/bench_augment.py --out benchmarks/results/augment_cost.json
 """
@@ -10,15 +12,18 @@ import argparse
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision.transforms import v2
 
+from dermae.data.batch_augment import augment_batch
 from dermae.data.transforms import train_augment
 
 
-def best_ms(transform: v2.Transform, images: list[torch.Tensor], repeats: int = 7) -> float:
+def best_ms(transform: Callable[[Any], Any], images: list[Any], repeats: int = 7) -> float:
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -47,6 +52,8 @@ def main() -> None:
         "train_augment()": train_augment(),
     }
     ms = {name: best_ms(t, images) for name, t in parts.items()}
+    batch = {"image": torch.stack(images).float().div_(255.0)}
+    ms["augment_batch (batched)"] = best_ms(augment_batch, [batch])
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     record = {"ms_per_batch_of_64": ms, "threads": torch.get_num_threads(), "uptime_after": load}
     args.out.write_text(json.dumps(record, indent=2) + "\n")

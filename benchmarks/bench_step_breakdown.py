@@ -10,10 +10,13 @@ Each part is timed alone, as the training loop runs it (batch 64, `num_workers=0
 - `data_augmented`: drawing one batch from the train split with `train_augment()` (flips,
   rotation, colour jitter per image, then collation), no model;
 - `data_plain`: the same batch without augmentation (the uint8 cache read and collation);
+- `data_batch_augmented`: the plain batch, then `augment_batch` (`data.batch_augment`: the same
+  operations, drawn per image, run once per batch);
 - `student_step[arch]`: forward, backward and AdamW step of a fresh model on a fixed batch,
   at precision `auto` (bf16 where native) and, as `[arch, fp32]`, without autocast;
+  classifiers keep their weights channels_last; `[..., contiguous]` is the layout before that;
 - `teacher_forward`: the saved teacher's forward on a fixed batch (no grad), as KD runs it live
-  (`[fp32]`: without autocast).
+  (`[fp32]`: without autocast; `[contiguous]`: the old layout).
 A (b) step is about data_augmented + student_step; a live-KD (d) step adds teacher_forward.
 """
 
@@ -33,6 +36,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dermae.classify.model import build_classifier, classifier_config, load_classifier
+from dermae.data.batch_augment import augment_batch
 from dermae.data.prepared import load_prepared
 from dermae.data.transforms import to_resolution, train_augment
 from dermae.engine.precision import autocast, resolve_precision
@@ -92,15 +96,22 @@ def main() -> None:
         ),
         "data_plain": median_seconds(batch_drawer(prepared.dataset(rows), 0), args.steps),
     }
+    plain = batch_drawer(prepared.dataset(rows), 0)
+    results["data_batch_augmented"] = median_seconds(lambda: augment_batch(plain()), args.steps)
     batch = batch_drawer(prepared.dataset(rows, train_augment()), 1)()
     images, labels = batch["image"], batch["label"]
-    for arch, mode in ((a, m) for a in args.student for m in ("auto", "no")):
+    layouts = ("channels_last", "contiguous")
+    for arch, mode, layout in (
+        (a, m, lay) for a in args.student for m in ("auto", "no") for lay in layouts
+    ):
         torch.manual_seed(0)
         model = build_classifier(
             classifier_config(
                 arch, prepared.class_names, prepared.malignant_classes, prepared.image_size
             )
         ).train()
+        if layout == "contiguous":
+            model.to(memory_format=torch.contiguous_format)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
         def train_step(model=model, optimizer=optimizer, mode=mode) -> None:
@@ -111,12 +122,15 @@ def main() -> None:
             optimizer.step()
 
         name = arch if mode == "auto" else f"{arch}, fp32"
+        name += ", contiguous" if layout == "contiguous" else ""
         results[f"student_step[{name}]"] = median_seconds(train_step, args.steps)
     if args.teacher is not None:
         teacher, config = load_classifier(args.teacher)
         teacher_images = to_resolution(images, int(config["image_size"]))
 
-        for mode in ("auto", "no"):
+        for mode, layout in (("auto", "channels_last"), ("no", "channels_last"), ("auto", "")):
+            if not layout:  # last: the old layout
+                teacher.to(memory_format=torch.contiguous_format)
 
             @torch.no_grad()
             def teacher_step(mode=mode) -> None:
@@ -124,6 +138,7 @@ def main() -> None:
                     teacher(teacher_images)
 
             name = "teacher_forward" if mode == "auto" else "teacher_forward[fp32]"
+            name = name if layout else "teacher_forward[contiguous]"
             results[name] = median_seconds(teacher_step, args.steps)
         results["teacher"] = {"folder": str(args.teacher), "arch": config["arch"]}
     record = {

@@ -75,3 +75,16 @@ def test_training_says_which_precision_auto_chose(cpu_bf16, tmp_path, capsys):
     result = fit(RegressionTask(), PointsDataset(), cfg, tmp_path / "auto", resume=False)
     assert result.step == 2
     assert "[train] mixed precision: no (auto)" in capsys.readouterr().out
+
+
+def test_auto_keeps_depthwise_nets_in_fp32_on_a_cpu(cpu_bf16):
+    import timm
+
+    cpu_bf16(True)
+    mobile = timm.create_model("mobilenetv3_small_100", num_classes=3)
+    resnet = timm.create_model("resnet10t", num_classes=3)
+    assert precision.mostly_depthwise(mobile) and not precision.mostly_depthwise(resnet)
+    assert resolve_precision("auto", CPU, model=mobile) == "no"
+    assert resolve_precision("auto", CPU, model=resnet) == "bf16"
+    assert resolve_precision("bf16", CPU, model=mobile) == "bf16"  # asked for: honoured
+    assert not precision.mostly_depthwise(torch.nn.Linear(3, 3))

@@ -28,6 +28,7 @@ from dermae.classify.common import (
 from dermae.classify.model import Classifier, save_classifier
 from dermae.classify.thresholds import attach_thresholds
 from dermae.config import Config, TrainConfig
+from dermae.data.batch_augment import batch_collate
 from dermae.data.prepared import LesionDataset, PreparedData, load_prepared
 from dermae.data.transforms import train_augment
 from dermae.engine.checkpoint import seed_everything
@@ -121,7 +122,8 @@ def train_classifier(
         synthetic_ratio=recipe.synthetic_ratio,
         seed=cfg.seed,
     )
-    augment = train_augment() if recipe.augment else None
+    batched = recipe.augment and cfg.data.batch_augment
+    augment = train_augment() if recipe.augment and not batched else None
     train_set = prepared.dataset(rows, augment, view_size=teacher_size)
     val_set = prepared.dataset(prepared.rows("val"))
     targets = dataset_targets(train_set, view.key)
@@ -143,6 +145,7 @@ def train_classifier(
         run_dir / stage / "train",
         evaluate=val_evaluator(val_set, view, recipe.eval_batch_size),
         sampler_weights=sampler,
+        collate_fn=batch_collate(batched),
         resume=resume,
         layer_decay=layer_decay,
         desc=desc or stage,
@@ -152,6 +155,8 @@ def train_classifier(
                 "augment": recipe.augment,
                 "synthetic_ratio": recipe.synthetic_ratio,
                 "synthetic_hard_labels": recipe.synthetic_hard_labels,
+                # only when on, so checkpoints made before the option still resume
+                **({"batch_augment": True} if batched else {}),
             },
             "label": cfg.data.label,
             "train_rows": train_rows,

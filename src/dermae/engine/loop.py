@@ -294,8 +294,11 @@ def fit(
     # keeps its settings in a process-wide singleton, so forget the last stage's. The
     # distributed part (PartialState) is kept.
     AcceleratorState._reset_state()
+    trainable = _resolve_model(task, model)
     precision = resolve_precision(
-        cfg.mixed_precision, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        cfg.mixed_precision,
+        torch.device("cuda" if torch.cuda.is_available() else "cpu"),
+        model=trainable,
     )
     accelerator = Accelerator(
         mixed_precision=precision,
@@ -306,7 +309,6 @@ def fit(
         accelerator.print(f"[{desc}] mixed precision: {precision} (auto)")
     # Own stream per process (seed + rank); the model was built (and seeded) by the caller.
     seed_everything(seed, device_specific=True)
-    trainable = _resolve_model(task, model)
     optimizer = create_optimizer_v2(
         trainable,
         opt=cfg.opt,

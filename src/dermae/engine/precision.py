@@ -33,8 +33,26 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """The precision to run: `auto` becomes bf16 where it is native and `no` elsewhere.
+# Share of a net's convolutions that are depthwise above which `auto` keeps it in fp32 on a CPU.
+DEPTHWISE_SHARE = 0.1  # mobilenetv3_small: 11 of 53 (squeeze-excite convs count too)
+
+
+def mostly_depthwise(model: torch.nn.Module) -> bool:
+    """True for nets built from depthwise convolutions (MobileNets, EfficientNets).
+
+    On an AMX CPU they train about 2x slower under bf16 autocast than in fp32 (BENCHMARKS.md
+    sections 29 and 34: oneDNN has no AMX path for depthwise kernels, and the casts cost).
+    """
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    depthwise = [m for m in convs if m.groups > 1 and m.groups == m.in_channels]
+    return bool(convs) and len(depthwise) / len(convs) >= DEPTHWISE_SHARE
+
+
+def resolve_precision(
+    requested: str, device: torch.device, model: torch.nn.Module | None = None
+) -> str:
+    """The precision to run: `auto` becomes bf16 where it is native and `no` elsewhere; on a
+    CPU also `no` for a `model` that is `mostly_depthwise`.
 
     An explicit `bf16` is honoured, with a warning where it is emulated, because a user may
     want bf16's numerics; `fp16` is for GPUs and passes through.
@@ -44,6 +62,8 @@ def resolve_precision(requested: str, device: torch.device) -> str:
             f"mixed_precision '{requested}' unknown; use one of {', '.join(PRECISIONS)}"
         )
     if requested == "auto":
+        if device.type == "cpu" and model is not None and mostly_depthwise(model):
+            return "no"
         return "bf16" if native_bf16(device) else "no"
     if requested == "bf16" and not native_bf16(device) and device.type not in _warned:
         _warned.add(device.type)
