@@ -47,7 +47,8 @@ class DataConfig:
     num_workers: int = 0
     # Classifier training: draw flips, rotation and colour jitter per image as before, but run
     # each operation once per batch (`dermae.data.batch_augment`), which takes most of the
-    # ~70 ms a 64-image step spends augmenting. Colour ops run in one fixed order, in float.
+    # ~50 ms a 64-image step spends augmenting (19 against 53 ms, BENCHMARKS.md section 34).
+    # Colour ops run in one fixed order, in float.
     batch_augment: bool = False
 
 

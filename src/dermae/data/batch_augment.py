@@ -1,9 +1,9 @@
 """`train_augment()`'s flips, rotation and colour jitter, drawn per image, applied per batch.
 
 torchvision's v2 transforms draw one set of parameters per call, so per-image augmentation
-runs them once per image: about 70 ms of every 64-image step on this CPU (BENCHMARKS.md §29),
-a third to a half of a small student's step. Here every image still gets its own draw, but
-each operation runs once on the whole batch, as a few tensor ops.
+runs them once per image: about 53 ms of every 64-image step on this CPU (BENCHMARKS.md §34),
+about a third of a small student's step. Here every image still gets its own draw, but each
+operation runs once on the whole batch, as a few tensor ops: 19 ms.
 
 What matches `train_augment()`: horizontal and vertical flips (p 0.5 each); rotation by an
 angle uniform in [-180, 180] degrees with p 0.5, nearest neighbour, black corners; brightness,

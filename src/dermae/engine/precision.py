@@ -40,8 +40,8 @@ DEPTHWISE_SHARE = 0.1  # mobilenetv3_small: 11 of 53 (squeeze-excite convs count
 def mostly_depthwise(model: torch.nn.Module) -> bool:
     """True for nets built from depthwise convolutions (MobileNets, EfficientNets).
 
-    On an AMX CPU they train about 2x slower under bf16 autocast than in fp32 (BENCHMARKS.md
-    sections 29 and 34: oneDNN has no AMX path for depthwise kernels, and the casts cost).
+    On an AMX CPU they trained 1.2-2x slower under bf16 autocast than in fp32 (BENCHMARKS.md
+    sections 29 and 34): their depthwise kernels gain nothing from AMX, and the casts cost.
     """
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     depthwise = [m for m in convs if m.groups > 1 and m.groups == m.in_channels]
