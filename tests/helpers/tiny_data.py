@@ -142,3 +142,14 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def tiny_baseline_overrides(max_steps: int, *extra: str) -> list[str]:
+    """Config overrides for a resnet10t baseline that trains in seconds on `make_prepared` data."""
+    return [
+        "baseline.model=resnet10t",
+        f"baseline.train.max_steps={max_steps}",
+        "baseline.train.batch_size=16",
+        "baseline.train.lr=0.01",
+        *extra,
+    ]

@@ -5,7 +5,7 @@ from dermae.classify.baseline import loss_setup, train_baseline
 from dermae.classify.common import class_weights
 from dermae.classify.model import load_classifier
 from dermae.config import load_config
-from tests.helpers.tiny_data import make_prepared
+from tests.helpers.tiny_data import make_prepared, tiny_baseline_overrides
 
 
 def test_class_weights_are_sqrt_inverse_frequency():
@@ -31,14 +31,7 @@ def test_tiny_baseline_learns_and_stores_val_thresholds(tmp_path):
     make_prepared(tmp_path, n_per_class=20, size=16)
     cfg = load_config(
         None,
-        [
-            "baseline.model=resnet10t",
-            "baseline.train.max_steps=40",
-            "baseline.train.batch_size=16",
-            "baseline.train.lr=0.01",
-            "baseline.train.eval_every=20",
-            "baseline.augment=false",
-        ],
+        tiny_baseline_overrides(40, "baseline.train.eval_every=20", "baseline.augment=false"),
     )
     model_dir = train_baseline(cfg, tmp_path)
     model, config = load_classifier(model_dir)

@@ -13,7 +13,7 @@ from torchvision.transforms.v2 import functional as TF
 from dermae.classify.baseline import train_baseline
 from dermae.config import ConfigError, load_config
 from dermae.data.batch_augment import apply_params, augment_batch, draw_params
-from tests.helpers.tiny_data import make_prepared
+from tests.helpers.tiny_data import make_prepared, tiny_baseline_overrides
 
 
 def _params(n: int, **changes: object) -> dict[str, torch.Tensor]:
@@ -105,16 +105,7 @@ def test_draws_cover_their_ranges():
 
 def test_a_baseline_trains_with_batch_augmentation_and_records_it(tmp_path):
     make_prepared(tmp_path, n_per_class=20, size=16)
-    cfg = load_config(
-        None,
-        [
-            "baseline.model=resnet10t",
-            "baseline.train.max_steps=30",
-            "baseline.train.batch_size=16",
-            "baseline.train.lr=0.01",
-            "data.batch_augment=true",
-        ],
-    )
+    cfg = load_config(None, tiny_baseline_overrides(30, "data.batch_augment=true"))
     train_baseline(cfg, tmp_path)
     saved = json.loads((tmp_path / "baseline" / "train" / "checkpoint" / "config.json").read_text())
     assert saved["recipe"]["batch_augment"] is True
