@@ -62,7 +62,7 @@ class Classifier(nn.Module):
     def __init__(self, config: dict[str, Any]):
         super().__init__()
         self.config = config
-        # channels_last: oneDNN's convolutions run 1.2-2x faster on it on this CPU (training and
+        # channels_last: oneDNN's convolutions ran 1.1-1.8x faster on it on this CPU (training and
         # inference, fp32 and bf16; BENCHMARKS.md section 34) and ViTs are unchanged. Only the
         # weights' layout changes, not the math; checkpoints are saved contiguous.
         self.net = create_timm_model(

@@ -28,7 +28,7 @@ from dermae.classify.common import (
 from dermae.classify.model import Classifier, save_classifier
 from dermae.classify.thresholds import attach_thresholds
 from dermae.config import Config, TrainConfig
-from dermae.data.batch_augment import batch_collate
+from dermae.data.batch_augment import augmenting_collate
 from dermae.data.prepared import LesionDataset, PreparedData, load_prepared
 from dermae.data.transforms import train_augment
 from dermae.engine.checkpoint import seed_everything
@@ -145,7 +145,7 @@ def train_classifier(
         run_dir / stage / "train",
         evaluate=val_evaluator(val_set, view, recipe.eval_batch_size),
         sampler_weights=sampler,
-        collate_fn=batch_collate(batched),
+        collate_fn=augmenting_collate if batched else None,
         resume=resume,
         layer_decay=layer_decay,
         desc=desc or stage,

@@ -19,12 +19,12 @@ stays exact.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch.nn import functional as F
 from torch.utils.data import default_collate
+from torchvision.transforms.v2.functional import rgb_to_grayscale
 
 IMAGE_KEYS = ("image", "teacher_image")
 ROTATION_P = 0.5
@@ -53,12 +53,6 @@ def draw_params(n: int, generator: torch.Generator | None = None) -> dict[str, t
 
 def _per_image(values: torch.Tensor) -> torch.Tensor:
     return values.view(-1, 1, 1, 1)
-
-
-def _grayscale(x: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601 luma, as torchvision's rgb_to_grayscale: [N, 1, H, W]."""
-    r, g, b = x.unbind(1)
-    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
 
 
 def _rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
@@ -100,13 +94,12 @@ def apply_params(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tens
     x = torch.where(_per_image(params["hflip"]), x.flip(-1), x)
     x = torch.where(_per_image(params["vflip"]), x.flip(-2), x)
     rotate = params["rotate"]
-    if bool(rotate.any()):
-        x = x.clone()
+    if bool(rotate.any()):  # x is already a new tensor (torch.where)
         x[rotate] = _rotate(x[rotate], params["degrees"][rotate])
     x = (x * _per_image(params["brightness"])).clamp(0.0, 1.0)
-    mean = _grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+    mean = rgb_to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
     x = (mean + _per_image(params["contrast"]) * (x - mean)).clamp(0.0, 1.0)
-    gray = _grayscale(x)
+    gray = rgb_to_grayscale(x)
     x = (gray + _per_image(params["saturation"]) * (x - gray)).clamp(0.0, 1.0)
     return _shift_hue(x, params["hue"]).clamp(0.0, 1.0)
 
@@ -122,15 +115,9 @@ def augmenting_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return augment_batch(default_collate(items))
 
 
-def batch_collate(batch_augment: bool) -> Callable[[list[dict[str, Any]]], Any] | None:
-    """The collate_fn a training stage passes to the loop: None keeps the default."""
-    return augmenting_collate if batch_augment else None
-
-
 __all__ = [
     "apply_params",
     "augment_batch",
     "augmenting_collate",
-    "batch_collate",
     "draw_params",
 ]

@@ -40,7 +40,7 @@ DEPTHWISE_SHARE = 0.1  # mobilenetv3_small: 11 of 53 (squeeze-excite convs count
 def mostly_depthwise(model: torch.nn.Module) -> bool:
     """True for nets built from depthwise convolutions (MobileNets, EfficientNets).
 
-    On an AMX CPU they trained 1.2-2x slower under bf16 autocast than in fp32 (BENCHMARKS.md
+    On an AMX CPU they trained 1.4-1.8x slower under bf16 autocast than in fp32 (BENCHMARKS.md
     sections 29 and 34): their depthwise kernels gain nothing from AMX, and the casts cost.
     """
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
