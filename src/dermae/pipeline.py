@@ -265,9 +265,25 @@ def output_files(output: Path) -> dict[str, int]:
     return {f.name: f.stat().st_size for f in sorted(output.iterdir()) if f.is_file()}
 
 
-def output_problem(record: dict[str, Any]) -> str | None:
+def _in_run(output: Path, run_dir: Path) -> str | None:
+    """`output` relative to the run directory, or None when it lies outside it."""
+    try:
+        return output.resolve().relative_to(run_dir.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def marked_output(record: dict[str, Any], run_dir: Path) -> Path:
+    """A done stage's output. Marks keep it relative to the run directory, so a run moved
+    or resumed from another working directory finds what it made; older marks held the
+    path as written, relative to the directory the run was started from."""
+    inside = record.get("output_in_run")
+    return run_dir / inside if inside is not None else Path(record["output"])
+
+
+def output_problem(record: dict[str, Any], run_dir: Path) -> str | None:
     """Why a done stage's outputs cannot be trusted (missing, resized, bad header), or None."""
-    output = Path(record["output"])
+    output = marked_output(record, run_dir)
     if not output.exists():
         return f"its output {output} is missing"
     folder = output if output.is_dir() else output.parent
@@ -323,10 +339,10 @@ def run_stage(cfg: Config, name: str, resume: bool = True, force: bool = False) 
     done = _read(marks / f"{name}.json")
     if done and not force:
         if done["fingerprint"] == fingerprint:
-            problem = output_problem(done)
+            problem = output_problem(done, run_dir)
             if problem is None:
                 print(f"[dermae] {name}: done earlier, skipped")
-                return Path(done["output"])
+                return marked_output(done, run_dir)
             print(f"[dermae] {name}: {problem}; running it again")
         else:
             why = first_difference(done.get("inputs"), payload) if done.get("inputs") else None
@@ -351,6 +367,7 @@ def run_stage(cfg: Config, name: str, resume: bool = True, force: bool = False) 
         record = {
             "fingerprint": fingerprint,
             "output": str(output),
+            "output_in_run": _in_run(output, run_dir),
             "seconds": seconds,
             "files": output_files(output),
             "inputs": payload,
@@ -362,7 +379,7 @@ def run_stage(cfg: Config, name: str, resume: bool = True, force: bool = False) 
     if state is not None:
         state.wait_for_everyone()  # rank 0 has saved what the next stage will read
     if not main:
-        return Path((_read(marks / f"{name}.json") or {"output": output})["output"])
+        return marked_output(_read(marks / f"{name}.json") or {"output": str(output)}, run_dir)
     return output
 
 

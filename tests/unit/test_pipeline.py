@@ -67,6 +67,22 @@ def test_interrupted_stage_resumes_then_from_reruns(tmp_path, fake_stages):
     assert record["output"].endswith("export")
 
 
+def test_a_moved_run_or_another_working_directory_reruns_nothing(
+    tmp_path, fake_stages, monkeypatch
+):
+    calls, _ = fake_stages
+    (tmp_path / "first").mkdir()
+    monkeypatch.chdir(tmp_path / "first")
+    pipeline.run_pipeline(load_config(None, ["run_dir=runs/x"]))  # relative, as configs say
+    calls.clear()
+    monkeypatch.chdir(tmp_path)
+    pipeline.run_pipeline(load_config(None, [f"run_dir={tmp_path / 'first' / 'runs' / 'x'}"]))
+    assert calls == []
+    (tmp_path / "first" / "runs" / "x").rename(tmp_path / "moved")
+    out = pipeline.run_stage(load_config(None, [f"run_dir={tmp_path / 'moved'}"]), "export")
+    assert calls == [] and out == tmp_path / "moved" / "export"
+
+
 def test_unknown_stage_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="unknown stage 'sampel'"):
         pipeline.run_pipeline(load_config(None, [f"run_dir={tmp_path}"]), from_stage="sampel")
