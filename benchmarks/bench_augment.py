@@ -3,13 +3,14 @@ image by image (as `LesionDataset` does) to a batch of 64 uint8 images at 64 px;
 Last, `data.batch_augment`'s `augment_batch`: the same operations drawn per image, run once on
 the batch (float, after collation).
 
-    python benchmarks/bench_augment.py --out benchmarks/results/augment_cost.json
+    DERMAE_THREADS=2 python benchmarks/bench_augment.py --out benchmarks/results/augment_cost.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from torchvision.transforms import v2
 
 from dermae.data.batch_augment import augment_batch
 from dermae.data.transforms import train_augment
+from dermae.engine.threads import apply_threads
 
 
 def best_ms(transform: Callable[[Any], Any], images: list[Any], repeats: int = 7) -> float:
@@ -38,6 +40,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    threads, why = apply_threads(int(os.environ.get("DERMAE_THREADS", "0")))  # as `dermae` does
     torch.manual_seed(0)
     images = [
         torch.randint(0, 256, (3, args.size, args.size), dtype=torch.uint8) for _ in range(64)
@@ -55,7 +58,7 @@ def main() -> None:
     batch = {"image": torch.stack(images).float().div_(255.0)}
     ms["augment_batch (batched)"] = best_ms(augment_batch, [batch])
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    record = {"ms_per_batch_of_64": ms, "threads": torch.get_num_threads(), "uptime_after": load}
+    record = {"ms_per_batch_of_64": ms, "threads": f"{threads} ({why})", "uptime_after": load}
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
 

@@ -20,7 +20,10 @@ TEACHER=(--set cnn_teacher.members=2 --set cnn_teacher.image_size=128
   --set cnn_teacher.train.warmup_steps=50 --set cnn_teacher.train.eval_every=100
   --set cnn_teacher.train.mixed_precision=auto --set 'distill.teachers=[baseline,cnn_teacher]')
 uptime
+# `dermae run` records its config in the run; keep the one that made the run's (b) and (d).
+cp "$RUN/config.yaml" "$RUN/config.before_h128.yaml"
 "$DERMAE" run -c "$CONFIG" --run-dir "$RUN" --until cnn_teacher "${TEACHER[@]}"
+mv "$RUN/config.before_h128.yaml" "$RUN/config.yaml"
 uptime
 PYTHONPATH=${PYTHONPATH:-src} "$PY" benchmarks/student_variant_study.py "$RUN" -c "$CONFIG" \
   --name h128 "${TEACHER[@]}" --seeds "$SEEDS" \
