@@ -228,7 +228,7 @@ class DistillConfig:
     # lost the whole KD gain (+0.039 live, -0.000 cached): the views are too few.
     teacher_views: int = 0
     # The frozen teacher's precision: `same` runs it inside the student's autocast (a cache is
-    # made in fp32); auto | no | bf16 | fp16 force one. Measured (BENCHMARKS section 29): a
+    # made in fp32); auto (resolved for the teacher's own model) | no | bf16 | fp16 force one. Measured (BENCHMARKS section 29): a
     # mobilenetv3_small student trains faster in fp32 (`train.mixed_precision: no`) and a
     # resnet10t teacher runs faster in bf16 (`auto` on an AMX CPU).
     teacher_precision: str = "same"

@@ -88,3 +88,20 @@ def test_auto_keeps_depthwise_nets_in_fp32_on_a_cpu(cpu_bf16):
     assert resolve_precision("auto", CPU, model=resnet) == "bf16"
     assert resolve_precision("bf16", CPU, model=mobile) == "bf16"  # asked for: honoured
     assert not precision.mostly_depthwise(torch.nn.Linear(3, 3))
+
+
+def test_a_teachers_auto_precision_is_its_own(cpu_bf16):
+    import timm
+
+    from dermae.distill.task import teacher_scope
+
+    cpu_bf16(True)
+    mobile = timm.create_model("mobilenetv3_small_100", num_classes=3)
+    resnet = timm.create_model("resnet10t", num_classes=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the student's autocast around it
+        with teacher_scope(CPU, "auto", mobile):
+            assert not torch.is_autocast_enabled("cpu")
+        with teacher_scope(CPU, "auto", resnet):
+            assert torch.is_autocast_enabled("cpu")
+        with teacher_scope(CPU, "same", mobile):
+            assert torch.is_autocast_enabled("cpu")  # left as the student has it

@@ -55,9 +55,14 @@ def freeze(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
-def teacher_scope(device: torch.device, precision: str) -> AbstractContextManager:
-    """The teacher's precision: `same` leaves whatever autocast is active, others force one."""
-    return nullcontext() if precision == "same" else precision_scope(device, precision)
+def teacher_scope(
+    device: torch.device, precision: str, teacher: nn.Module | None = None
+) -> AbstractContextManager:
+    """The teacher's precision: `same` leaves whatever autocast is active, others force one
+    (`auto` resolved for the teacher itself: fp32 for a depthwise teacher on a CPU)."""
+    if precision == "same":
+        return nullcontext()
+    return precision_scope(device, precision, model=teacher)
 
 
 @torch.no_grad()
@@ -80,7 +85,7 @@ def teacher_logits_for(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     out = torch.empty(len(dataset), int(teacher.config["num_classes"]))
     for batch in tqdm(loader, desc="teacher logits", leave=False, disable=len(loader) < 5):
-        with teacher_scope(device, precision):
+        with teacher_scope(device, precision, teacher):
             logits = teacher(to_resolution(teacher_view(batch).to(device), size))
         out[batch["index"]] = logits.float().cpu()
     teacher.to(home)
@@ -153,7 +158,7 @@ class DistillTask(nn.Module):
             logits = self.views.logits[batch["view"].cpu(), batch["index"].cpu()]
             return logits.to(batch["image"].device)
         image = to_resolution(teacher_view(batch), self.teacher_size)
-        with teacher_scope(image.device, self.teacher_precision):
+        with teacher_scope(image.device, self.teacher_precision, self.teacher):
             return self.teacher(image).float()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -129,7 +129,7 @@ def _draw_and_label(
                 if images is None:
                     images = torch.empty((views, n, *pixels.shape[1:]), dtype=torch.uint8)
                 images[k, index] = pixels
-                with teacher_scope(device, precision):
+                with teacher_scope(device, precision, teacher):
                     out = teacher(to_resolution(teacher_view(batch).to(device), size))
                 logits[k, index] = out.float().cpu()
                 bar.update()

@@ -89,13 +89,16 @@ def autocast(device: torch.device, mixed_precision: str) -> AbstractContextManag
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def precision_scope(device: torch.device, mixed_precision: str) -> AbstractContextManager:
+def precision_scope(
+    device: torch.device, mixed_precision: str, model: torch.nn.Module | None = None
+) -> AbstractContextManager:
     """Exactly `mixed_precision` inside, whatever autocast is active around it: `no` switches
     an outer bf16 autocast off, `bf16` (or `auto` where bf16 is native) switches one on.
 
     For a frozen model that wants another precision than the model being trained (a teacher
-    whose convolutions gain from AMX beside a depthwise student that does not).
+    whose convolutions gain from AMX beside a depthwise student that does not). `auto` is
+    resolved for `model` where one is given (see `resolve_precision`).
     """
-    resolved = resolve_precision(mixed_precision, device)
+    resolved = resolve_precision(mixed_precision, device, model=model)
     dtype = torch.float16 if resolved == "fp16" else torch.bfloat16
     return torch.autocast(device.type, dtype=dtype, enabled=resolved != "no")
