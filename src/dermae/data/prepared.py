@@ -262,6 +262,7 @@ class LesionDataset(Dataset):
         self._cache_index = self.rows["cache_index"].to_numpy(dtype=np.int64)
         self.labels = self.rows["label"].to_numpy(dtype=np.int64)
         self.malignant = self.rows["malignant"].to_numpy(dtype=np.int64)
+        self.synthetic = self._source == "synthetic"
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -293,7 +294,7 @@ class LesionDataset(Dataset):
             "label": torch.tensor(self.labels[i]),
             "malignant": torch.tensor(self.malignant[i]),
             "index": torch.tensor(i),
-            "synthetic": torch.tensor(self._source[i] == "synthetic"),
+            "synthetic": torch.tensor(self.synthetic[i]),
         }
         if self.view is not None:
             size = self.view[0]

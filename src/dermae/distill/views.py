@@ -97,7 +97,7 @@ class TeacherViews(Dataset):
             "malignant": torch.tensor(self.malignant[i]),
             "index": torch.tensor(i),
             "view": torch.tensor(k),
-            "synthetic": torch.tensor(self.base._source[i] == "synthetic"),
+            "synthetic": torch.tensor(self.base.synthetic[i]),
         }
 
 
