@@ -267,5 +267,5 @@ def test_the_phone_config_trains_no_generator_and_no_vit():
 
     phone = unneeded_stages(load_config("configs/cpu-phone.yaml"))
     assert set(phone) == {*GENERATOR_STAGES, "pretrain", "finetune"}
-    for whole_recipe in ("cpu-full", "demo", "smoke"):
+    for whole_recipe in ("cpu-full", "cpu-full-phone", "demo", "smoke"):
         assert unneeded_stages(load_config(f"configs/{whole_recipe}.yaml")) == {}
