@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from dermae.config import load_config
 from dermae.distill.train import STATS_FILE, distill
+from dermae.engine.threads import apply_threads
 from dermae.evaluate.ablation import seeded_distill
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    apply_threads(int(os.environ.get("DERMAE_THREADS", "0")))  # as `dermae` does
     cfg = load_config(args.config, [*args.set, f"run_dir={args.run_dir}"])
     recipes = {
         name: folders[: args.seeds] for name, folders in ablation_seeds(args.run_dir).items()
