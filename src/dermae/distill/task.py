@@ -41,7 +41,7 @@ from dermae.classify.model import Classifier
 from dermae.config import TEACHER_PRECISIONS
 from dermae.data.transforms import to_resolution
 from dermae.distill.losses import kd_terms
-from dermae.engine.precision import precision_scope
+from dermae.engine.precision import precision_scope, resolve_precision
 
 
 def teacher_view(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -118,6 +118,7 @@ class DistillTask(nn.Module):
                 f"{', '.join(TEACHER_PRECISIONS)}"
             )
         self.teacher_precision = teacher_precision
+        self._teacher_resolved: dict[str, str] = {}  # device type -> precision, once per run
         if mixup < 0:
             raise ValueError(f"distill.mixup must be >= 0 (0 is off), got {mixup}")
         if mixup > 0 and (cached_logits is not None or views is not None):
@@ -158,8 +159,19 @@ class DistillTask(nn.Module):
             logits = self.views.logits[batch["view"].cpu(), batch["index"].cpu()]
             return logits.to(batch["image"].device)
         image = to_resolution(teacher_view(batch), self.teacher_size)
-        with teacher_scope(image.device, self.teacher_precision, self.teacher):
+        with teacher_scope(image.device, self._teacher_precision_on(image.device)):
             return self.teacher(image).float()
+
+    def _teacher_precision_on(self, device: torch.device) -> str:
+        """`teacher_precision` with `auto` resolved for the teacher, once per device type
+        (walking the teacher's modules every step would add work to the hot loop)."""
+        if self.teacher_precision != "auto":
+            return self.teacher_precision
+        if device.type not in self._teacher_resolved:
+            self._teacher_resolved[device.type] = resolve_precision(
+                self.teacher_precision, device, model=self.teacher
+            )
+        return self._teacher_resolved[device.type]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         hard = None
