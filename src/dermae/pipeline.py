@@ -32,6 +32,7 @@ from accelerate import PartialState
 
 from dermae.config import Config, fingerprint_tree, save_config
 from dermae.engine.checkpoint import CheckpointError, check_safetensors, collective_saves
+from dermae.engine.distributed import release_process_group_at_exit
 from dermae.engine.fingerprint import first_difference
 from dermae.layout import RunLayout
 from dermae.needs import unneeded_stages
@@ -177,7 +178,9 @@ def _distributed() -> PartialState | None:
         return None
     # Ranks > 0 wait at a barrier while rank 0 runs a stage such as sampling, which can take
     # longer than torch's default 30-minute collective timeout.
-    return PartialState(cpu=not torch.cuda.is_available(), timeout=STAGE_WAIT)
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=STAGE_WAIT)
+    release_process_group_at_exit()
+    return state
 
 
 def _call(target: str) -> Callable[..., Any]:

@@ -65,6 +65,7 @@ from dermae.engine.checkpoint import (
     seed_everything,
     write_model_files,
 )
+from dermae.engine.distributed import release_process_group_at_exit
 from dermae.engine.fingerprint import (
     artifact_digest,
     dataset_fingerprint,
@@ -305,6 +306,8 @@ def fit(
         gradient_accumulation_steps=cfg.grad_accum,
         cpu=not torch.cuda.is_available(),
     )
+    if accelerator.num_processes > 1:
+        release_process_group_at_exit()
     if cfg.mixed_precision == "auto":  # say what ran: it differs between machines
         accelerator.print(f"[{desc}] mixed precision: {precision} (auto)")
     # Own stream per process (seed + rank); the model was built (and seeded) by the caller.
