@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from dermae.classify.common import predict_probs
+from dermae.classify.decision import RULES, fit_shift, shift_probs
 from dermae.classify.model import load_classifier
 from dermae.data.prepared import load_prepared
 from dermae.evaluate.ablation_text import PAIRED
@@ -64,8 +65,13 @@ def study(
     seed: int,
     ece_bins: int = 15,
     bars: dict[str, list[Path]] | None = None,
+    decision: str = "argmax",
 ) -> dict[str, Any]:
-    """`bars` (a teacher, say) are scored and paired like recipes but are no candidates."""
+    """`bars` (a teacher, say) are scored and paired like recipes but are no candidates.
+
+    `decision` (see `dermae.classify.decision`): each model's per-class log shift is fitted on
+    its own validation probabilities and applied to both splits; the test split never fits it.
+    """
     if reference not in recipes:
         raise SystemExit(f"--reference {reference}: no --recipe of that name")
     bars = bars or {}
@@ -80,6 +86,8 @@ def study(
         s: paired_metric_fn(prepared.malignant_index, ece_bins, np.unique(targets[s]))
         for s in SPLITS
     }
+    train_targets = model_targets(prepared.rows("train"), prepared.class_names)[0]
+    prior = np.bincount(train_targets, minlength=len(prepared.class_names)) + 1.0
     probs: dict[str, dict[str, list[np.ndarray]]] = {s: {} for s in SPLITS}
     per_model: dict[str, list[dict[str, Any]]] = {}
     for name, folders in recipes.items():
@@ -92,9 +100,16 @@ def study(
             if "train_seed" in config:  # recorded by models trained since Dec 2026
                 entry["train_seed"] = config["train_seed"]
             own = prepared.at_size(int(config["image_size"]))  # same rows, the model's size
+            raw = {
+                s: predict_probs(
+                    model, own.dataset(own.rows(s).reset_index(drop=True)), 256, desc=f"{s}"
+                )
+                for s in SPLITS
+            }
+            shift = fit_shift(decision, raw["val"], targets["val"], prior)
+            entry["decision_shift"] = [round(float(v), 4) for v in shift]
             for s in SPLITS:
-                data = own.dataset(own.rows(s).reset_index(drop=True))
-                p = predict_probs(model, data, 256, desc=f"{folder} {s}")
+                p = shift_probs(raw[s], shift) if shift.any() else raw[s]
                 probs[s].setdefault(name, []).append(p)
                 scores = metric_fn[s](targets[s], p)
                 entry[s] = {k: scores.get(k) for k in SHOWN}
@@ -122,6 +137,7 @@ def study(
     )
     return {
         "reference": reference,
+        "decision": decision,
         "chosen_on_validation": chosen,
         "chosen_by": f"mean validation {CHOOSE_ON} over seeds, among {candidates}",
         "resamples": resamples,
@@ -176,6 +192,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--bar", type=_recipe, action="append", default=[], help="paired too, never chosen"
     )
+    parser.add_argument(
+        "--decision",
+        choices=RULES,
+        default="argmax",
+        help="the rule that calls a class, fitted per model on validation (default argmax)",
+    )
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
@@ -184,7 +206,15 @@ def main(argv: list[str] | None = None) -> None:
     if len(recipes) != len(args.recipe):
         raise SystemExit("two --recipe entries share a name")
     bars = dict(args.bar)
-    result = study(args.run_dir, recipes, args.reference, args.resamples, args.seed, bars=bars)
+    result = study(
+        args.run_dir,
+        recipes,
+        args.reference,
+        args.resamples,
+        args.seed,
+        bars=bars,
+        decision=args.decision,
+    )
     show_and_save(result, args.out)
 
 

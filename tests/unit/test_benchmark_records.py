@@ -266,8 +266,24 @@ def test_seed_study_scores_folders_and_chooses_on_validation(tmp_path: Path) -> 
     d_test = result["models"]["d"][0]["test"]["balanced_accuracy"]
     diff = result["paired_test"]["d - b"]["balanced_accuracy"]["diff"]
     assert diff == pytest.approx(d_test - sum(scores) / 2)
+    assert result["decision"] == "argmax"
+    assert all(not any(m["decision_shift"]) for m in result["models"]["b"])
     with pytest.raises(SystemExit):
         script.main([str(tmp_path), "--reference", "x", "--recipe", recipe_d])
+
+    # A rule fitted on validation: the shift is recorded, and a recipe's validation score can
+    # only rise (the fit starts at argmax and keeps a change only when it improves).
+    shifted = tmp_path / "shifted.json"
+    script.main(
+        [str(tmp_path), "--reference", "b", "--recipe", recipe_b, "--recipe", recipe_d]
+        + ["--decision", "bias", "--resamples", "20", "--out", str(shifted)]
+    )
+    fitted = json.loads(shifted.read_text())
+    assert fitted["decision"] == "bias"
+    for name in ("b", "d"):
+        for before, after in zip(result["models"][name], fitted["models"][name], strict=True):
+            assert len(after["decision_shift"]) == len(prepared.class_names)
+            assert after["val"]["balanced_accuracy"] >= before["val"]["balanced_accuracy"]
 
 
 def test_generator_probe_second_judge_scores_what_the_filter_keeps() -> None:
