@@ -279,3 +279,22 @@ def test_cached_teacher_logits_follow_teacher_precision():
 def test_unknown_teacher_precision_is_refused():
     with pytest.raises(ValueError, match="teacher_precision 'fp8'"):
         DistillTask(_Fixed(), _PrecisionProbe(), teacher_precision="fp8")
+
+
+def test_auto_teacher_precision_is_resolved_once_per_device(monkeypatch):
+    import dermae.distill.task as task_module
+
+    calls = []
+
+    def counting(requested, device, model=None):
+        calls.append((requested, device.type))
+        return "bf16"
+
+    monkeypatch.setattr(task_module, "resolve_precision", counting)
+    teacher = _PrecisionProbe()
+    task = DistillTask(_Fixed(), teacher, teacher_precision="auto").eval()
+    for seed in range(3):
+        task.teacher_logits(batch_of(images(4, seed=seed)))
+    # Resolving walks the teacher's modules: once per run, not once per step.
+    assert calls == [("auto", "cpu")]
+    assert teacher.autocast == [True, True, True]  # what the one resolution said, every step
