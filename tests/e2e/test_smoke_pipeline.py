@@ -78,6 +78,11 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(tmp_path):
     assert "teacher_ensemble - b_simple_fix" in seeds["paired"]  # the bar, against (b)'s mean
     markdown = (run_dir / "ablate" / "ablation.md").read_text()
     assert markdown.startswith("Verdict over seeds")
+    # every variant ran, so every component is measured; (d) has three seeds, (c) one
+    components = {e["component"]: e for e in ablation["components"]}
+    assert len(components) == 5
+    assert components["KD from the teacher"]["seeds"] == [3, 1]
+    assert "What each component adds" in markdown
     paired = ablation["external_paired_bootstrap"]["site"]
     assert "d_dermae - b_simple_fix" in paired
     ensemble = json.loads((run_dir / "teacher_ensemble" / "model" / "config.json").read_text())

@@ -43,6 +43,7 @@ from dermae.evaluate.ablation_text import (
     seed_verdict,
     verdict,
 )
+from dermae.evaluate.components import component_effects
 from dermae.evaluate.external import evaluate_external, paired_on_external
 from dermae.evaluate.paired import REFERENCE, paired_against_reference, paired_metric_fn, probs_of
 from dermae.evaluate.report import metrics_table
@@ -247,10 +248,11 @@ def _seed_study(
     seed_models: dict[str, list[Path]],
     predictions: dict[str, pd.DataFrame],
     results: dict[str, dict[str, Any]],
-) -> dict[str, Any]:
-    """Test scores of every seed and the paired comparison of the means over seeds. The
-    teachers (one model each) are paired with (b)'s mean too: that is the bar a student of
-    theirs can hope to reach."""
+) -> tuple[dict[str, list[pd.DataFrame]], dict[str, Any]]:
+    """(each seeded model's test predictions, one frame per seed; the study): test scores of
+    every seed and the paired comparison of the means over seeds. The teachers (one model
+    each) are paired with (b)'s mean too: that is the bar a student of theirs can hope to
+    reach."""
     out = RunLayout(run_dir).ablate / "eval_seeds"
     prepared = load_prepared(run_dir, with_synthetic=False)
     frames: dict[str, list[pd.DataFrame]] = {}
@@ -284,7 +286,7 @@ def _seed_study(
         cfg.evaluate.bootstrap,
         cfg.seed,
     )
-    return {
+    return frames, {
         "n": cfg.ablate.seeds,
         "models": {name: [str(f) for f in folders] for name, folders in listed_models.items()},
         "test_balanced_accuracy": {
@@ -357,7 +359,20 @@ def ablate(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
         cfg.seed,
     )
     seed_models = _seed_models(cfg, run_dir, models[REFERENCE], notes["simple_fix"]["loss"], resume)
-    seeds = _seed_study(cfg, run_dir, seed_models, predictions, results) if seed_models else None
+    frames = {name: [frame] for name, frame in predictions.items()}
+    seeds = None
+    if seed_models:
+        seed_frames, seeds = _seed_study(cfg, run_dir, seed_models, predictions, results)
+        frames.update(seed_frames)
+    reference = predictions[REFERENCE]
+    components = component_effects(
+        frames,
+        paired_metric_fn(
+            prepared.malignant_index, cfg.evaluate.ece_bins, np.unique(reference["target"])
+        ),
+        cfg.evaluate.bootstrap,
+        cfg.seed,
+    )
     # Every variant on every `evaluate.external` set too: does DerMAE transfer better?
     external = evaluate_external(
         cfg, run_dir, models, out / "external", internal={n: out / "eval" / n for n in models}
@@ -385,6 +400,7 @@ def ablate(cfg: Config, run_dir: str | Path, resume: bool = True) -> Path:
         "seed_verdict": seed_verdict(seeds) if seeds else None,
         "results": {k: {"scalars": r["scalars"], "ci95": r["ci95"]} for k, r in results.items()},
         "paired_bootstrap": comparisons,
+        "components": components,
         "external_paired_bootstrap": external_paired,
         "table": table,
     }

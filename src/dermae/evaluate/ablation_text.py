@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dermae.evaluate.components import component_lines
 from dermae.evaluate.paired import ROC_SENSITIVITY
 from dermae.layout import ENSEMBLE, TEACHER
 
@@ -42,6 +43,10 @@ TEACHERS = {
 LABELS = {key: label for key, label in VARIANTS.values()} | {
     name: label for name, (_, label) in TEACHERS.items()
 }
+COMPONENTS_INTRO = (
+    "What each component adds: the two variants that differ only in it, paired on test "
+    "(means over seeds where there are several; 95% CI over lesions and seeds):"
+)
 CHECKPOINT_RULES = {
     "best": "its best validation balanced accuracy among the evaluations",
     "last": "its last step's weights",
@@ -121,6 +126,8 @@ def ablation_markdown(summary: dict[str, Any]) -> str:
         summary["verdict"],
         "",
     ]
+    if summary.get("components"):
+        lines += [COMPONENTS_INTRO, "", *component_lines(summary["components"]), ""]
     differences = summary["notes"].get("like_for_like") or []
     lines += [f"Not like for like: {d}" for d in differences]
     sizes = summary["notes"].get("sizes")

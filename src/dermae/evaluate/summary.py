@@ -14,7 +14,13 @@ import pandas as pd
 
 from dermae.config import Config
 from dermae.data.prepared import accepted_synthetic
-from dermae.evaluate.ablation_text import checkpoint_line, seeds_line, size_line
+from dermae.evaluate.ablation_text import (
+    COMPONENTS_INTRO,
+    checkpoint_line,
+    seeds_line,
+    size_line,
+)
+from dermae.evaluate.components import component_lines, component_rows
 from dermae.evaluate.plots import plot_class_counts, plot_loss_curves
 from dermae.evaluate.report import Section, format_ci, metrics_table, render_report
 from dermae.layout import RunLayout
@@ -339,6 +345,11 @@ def ablation_section(run_dir: Path) -> Section | None:
         *_teacher_statement(summary),
         *[f"Not like for like: {d}" for d in summary.get("notes", {}).get("like_for_like", [])],
     ]
+    if summary.get("components"):
+        paragraphs += [
+            COMPONENTS_INTRO,
+            *[line.lstrip("- ") for line in component_lines(summary["components"])],
+        ]
     if summary.get("notes", {}).get("sizes"):
         paragraphs.append(size_line(summary["notes"]["sizes"]))
     if summary.get("checkpoint_rule"):
@@ -347,6 +358,13 @@ def ablation_section(run_dir: Path) -> Section | None:
         {"rows": _paired_rows(summary), "caption": "Paired difference from (b) (95% CI)"},
         {"rows": summary["table"], "caption": "Value (95% CI)"},
     ]
+    if summary.get("components"):
+        tables.append(
+            {
+                "rows": component_rows(summary["components"]),
+                "caption": "What each component adds (paired, 95% CI over lesions and seeds)",
+            }
+        )
     return Section("Verdict: DerMAE against the simple fix", paragraphs, tables)
 
 
