@@ -321,3 +321,21 @@ def test_kd_gain_plot_copies_student_and_teacher_differences(tmp_path: Path) -> 
         script.point(script.Study("99", "toy", "s.json", "teacher", "t.json", "x", 900), tmp_path)
     # Every committed study the script names is readable.
     assert len([script.point(s) for s in script.STUDIES]) == len(script.STUDIES)
+
+
+def test_ablation_components_reads_seed_zero_then_every_extra_seed(tmp_path: Path) -> None:
+    script = _load("ablation_components")
+    ablate = tmp_path / "ablate"
+    for folder, value in [
+        ("eval/b_simple_fix", 0),
+        ("eval_seeds/b_simple_fix_seed_plus_1", 1),
+        ("eval_seeds/b_simple_fix_seed_plus_2", 2),
+        ("eval_seeds/b_simple_fix_seed_plus_4", 4),  # after a gap: not a seed of this list
+        ("eval/d_dermae", 10),
+    ]:
+        (ablate / folder).mkdir(parents=True)
+        (ablate / folder / "predictions.csv").write_text(f"image_id,p\nx,{value}\n")
+    frames = script.variant_frames(ablate, ["b_simple_fix", "d_dermae", "e_no_mae"])
+    assert list(frames) == ["b_simple_fix", "d_dermae"]  # (e) was not scored: left out
+    assert [f["p"][0] for f in frames["b_simple_fix"]] == [0, 1, 2]
+    assert [f["p"][0] for f in frames["d_dermae"]] == [10]
