@@ -102,7 +102,10 @@ def study(
             own = prepared.at_size(int(config["image_size"]))  # same rows, the model's size
             raw = {
                 s: predict_probs(
-                    model, own.dataset(own.rows(s).reset_index(drop=True)), 256, desc=f"{s}"
+                    model,
+                    own.dataset(own.rows(s).reset_index(drop=True)),
+                    256,
+                    desc=f"{folder} {s}",
                 )
                 for s in SPLITS
             }

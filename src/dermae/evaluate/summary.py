@@ -20,7 +20,7 @@ from dermae.evaluate.ablation_text import (
     seeds_line,
     size_line,
 )
-from dermae.evaluate.components import component_lines, component_rows
+from dermae.evaluate.components import component_rows
 from dermae.evaluate.plots import plot_class_counts, plot_loss_curves
 from dermae.evaluate.report import Section, format_ci, metrics_table, render_report
 from dermae.layout import RunLayout
@@ -346,10 +346,7 @@ def ablation_section(run_dir: Path) -> Section | None:
         *[f"Not like for like: {d}" for d in summary.get("notes", {}).get("like_for_like", [])],
     ]
     if summary.get("components"):
-        paragraphs += [
-            COMPONENTS_INTRO,
-            *[line.lstrip("- ") for line in component_lines(summary["components"])],
-        ]
+        paragraphs.append(f"{COMPONENTS_INTRO} see the last table.")
     if summary.get("notes", {}).get("sizes"):
         paragraphs.append(size_line(summary["notes"]["sizes"]))
     if summary.get("checkpoint_rule"):
