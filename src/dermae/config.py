@@ -239,6 +239,10 @@ class DistillConfig:
     # > 0: student and teacher see the same mixup of each batch, lam ~ Beta(mixup, mixup)
     # (function matching, Beyer et al. 2022); needs the live teacher. 0: off.
     mixup: float = 0.0
+    # > 0: adds relation_weight x the mean squared difference between the student's and the
+    # teacher's cosine similarities of each batch's pooled features (similarity-preserving
+    # KD; `dermae.distill.losses.relation_loss`); needs the live teacher. 0: off.
+    relation_weight: float = 0.0
     augment: bool = True
     drop_rate: float = 0.1
     latency_runs: int = 30  # batch-1 CPU timings behind model_stats.json's median latency

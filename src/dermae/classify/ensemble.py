@@ -53,6 +53,19 @@ class EnsembleClassifier(nn.Module):
         ]
         return torch.stack(log_probs).mean(0)
 
+    def forward_with_features(
+        self, images: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(mean member log-probabilities [N, C], each member's pooled features [N, D_m])."""
+        log_probs, features = [], []
+        for m in self.members:
+            logits, feats = m.forward_with_features(
+                to_resolution(images, int(m.config["image_size"]))
+            )
+            log_probs.append(F.log_softmax(logits.float(), dim=-1))
+            features.append(feats)
+        return torch.stack(log_probs).mean(0), features
+
 
 def ensemble_config(members: list[Classifier], sources: list[str]) -> dict[str, Any]:
     first = members[0].config

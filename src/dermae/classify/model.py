@@ -77,6 +77,15 @@ class Classifier(nn.Module):
         """images: [N, 3, H, W] in [0, 1] -> logits [N, C]."""
         return self.net((images - self.mean) / self.std)
 
+    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [N, C], pooled pre-logit features [N, D]) from one pass of the backbone.
+
+        timm's head runs twice on the pooled map, once stopping before the classifier: that
+        costs a 1x1 conv at most and keeps the logits exactly those of `forward`.
+        """
+        x = self.net.forward_features((images - self.mean) / self.std)
+        return self.net.forward_head(x), self.net.forward_head(x, pre_logits=True).flatten(1)
+
     # timm's optimizer factory reads these two from the module it optimises; forwarding them
     # (with the `net.` prefix of our parameter names) gives every classifier layer decay and
     # no weight decay on pos_embed/cls_token, whether the loop gets the Classifier or its net.

@@ -1,4 +1,8 @@
-"""Logit distillation loss (Hinton et al. 2015): hard-label CE blended with softened teacher KL."""
+"""Distillation losses: logit KD (Hinton et al. 2015), hard-label CE blended with softened
+teacher KL, and an optional relational term on pooled features (similarity-preserving KD,
+Tung & Mori 2019). Seven classes give the student only seven numbers per image from the
+teacher; the similarities between a batch's images carry more, and need no projection layer
+(teacher and student features may differ in width)."""
 
 from __future__ import annotations
 
@@ -75,3 +79,26 @@ def kd_loss(
     """(1 - alpha) · CE(student, targets) + alpha · T² · KL(softmax(t/T) ‖ softmax(s/T))."""
     terms = kd_terms(student_logits, teacher_logits, targets, alpha, temperature, class_weights)
     return terms["loss"]
+
+
+def cosine_gram(features: torch.Tensor) -> torch.Tensor:
+    """Pairwise cosine similarities [N, N] of a batch's features [N, D]."""
+    unit = F.normalize(features.float().flatten(1), dim=1)
+    return unit @ unit.T
+
+
+def teacher_gram(features: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """The teacher's similarity target: the mean of its members' cosine Gram matrices (each
+    member's features live in their own space, so they are compared within a member only)."""
+    members = features if isinstance(features, (list, tuple)) else [features]
+    return torch.stack([cosine_gram(f) for f in members]).mean(0)
+
+
+def relation_loss(student_features: torch.Tensor, target_gram: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between the student's cosine Gram matrix and `target_gram`."""
+    gram = cosine_gram(student_features)
+    if gram.shape != target_gram.shape:
+        raise ValueError(
+            f"student batch Gram {tuple(gram.shape)} and teacher's {tuple(target_gram.shape)} differ"
+        )
+    return F.mse_loss(gram, target_gram.float())

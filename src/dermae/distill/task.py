@@ -25,6 +25,9 @@ itself reversed, lam ~ Beta(mixup, mixup); the teacher labels the blended image 
 sees (live only: a cache holds logits of unmixed images), and the hard-label CE is the
 lam-weighted pair of both rows' labels. timm's Mixup is not used: it mixes the labels into
 one soft target, and the hard rows' masks (synthetic rows) must follow each side separately.
+With `relation_weight` > 0 the student also matches the teacher's cosine similarities
+between the batch's images (pooled pre-logit features; an ensemble's target is the mean of
+its members' similarity matrices), computed on the same view as the logits.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from tqdm.auto import tqdm
 from dermae.classify.model import Classifier
 from dermae.config import TEACHER_PRECISIONS
 from dermae.data.transforms import to_resolution
-from dermae.distill.losses import kd_terms
+from dermae.distill.losses import kd_terms, relation_loss, teacher_gram
 from dermae.engine.precision import precision_scope, resolve_precision
 
 
@@ -108,6 +111,7 @@ class DistillTask(nn.Module):
         mixup: float = 0.0,
         teacher_precision: str = "same",
         views: Any = None,
+        relation_weight: float = 0.0,
     ):
         """`views`: per-view targets (`dermae.distill.views.TeacherViews`, anything with
         `.logits` [K, N, C]) for batches that carry "view" and "index"."""
@@ -128,6 +132,17 @@ class DistillTask(nn.Module):
                 "or distill.mixup=0"
             )
         self.mixup = float(mixup)
+        if relation_weight < 0:
+            raise ValueError(
+                f"distill.relation_weight must be >= 0 (0 is off), got {relation_weight}"
+            )
+        if relation_weight > 0 and (cached_logits is not None or views is not None):
+            raise ValueError(
+                "distill.relation_weight needs the live teacher (a cache holds logits, not "
+                "features): set distill.cache_teacher_logits=false and distill.teacher_views=0, "
+                "or distill.relation_weight=0"
+            )
+        self.relation_weight = float(relation_weight)
         if student.config["num_classes"] != teacher.config["num_classes"]:
             raise ValueError(
                 f"student has {student.config['num_classes']} classes, teacher "
@@ -162,6 +177,16 @@ class DistillTask(nn.Module):
         with teacher_scope(image.device, self._teacher_precision_on(image.device)):
             return self.teacher(image).float()
 
+    @torch.no_grad()
+    def teacher_logits_and_gram(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The live teacher's logits and its similarity target for the batch (one pass)."""
+        image = to_resolution(teacher_view(batch), self.teacher_size)
+        with teacher_scope(image.device, self._teacher_precision_on(image.device)):
+            logits, features = self.teacher.forward_with_features(image)
+        return logits.float(), teacher_gram(features)
+
     def _teacher_precision_on(self, device: torch.device) -> str:
         """`teacher_precision` with `auto` resolved for the teacher, once per device type
         (walking the teacher's modules every step would add work to the hot loop)."""
@@ -183,8 +208,14 @@ class DistillTask(nn.Module):
             lam = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
             views = [k for k in ("image", "teacher_image") if k in batch]
             batch = {**batch, **{k: lam * batch[k] + (1 - lam) * batch[k].flip(0) for k in views}}
-        logits = self.model(batch["image"])  # [N, C]
-        teacher = self.teacher_logits(batch)
+        relation = None
+        if self.relation_weight > 0:
+            logits, features = self.model.forward_with_features(batch["image"])
+            teacher, target_gram = self.teacher_logits_and_gram(batch)
+            relation = relation_loss(features, target_gram)
+        else:
+            logits = self.model(batch["image"])  # [N, C]
+            teacher = self.teacher_logits(batch)
         terms = kd_terms(logits, teacher, targets, self.alpha, self.temperature, self.weights, hard)
         if lam is not None:  # the KD term is the same in both; the CE takes each side's label
             flipped = None if hard is None else hard.flip(0)
@@ -198,4 +229,7 @@ class DistillTask(nn.Module):
                 flipped,
             )
             terms = {k: lam * terms[k] + (1 - lam) * other[k] for k in terms}
+        if relation is not None:
+            terms["loss"] = terms["loss"] + self.relation_weight * relation
+            terms["relation"] = relation.detach()
         return {**terms, "logits": logits}

@@ -257,6 +257,7 @@ def distill(
             mixup=dcfg.mixup,
             teacher_precision=dcfg.teacher_precision,
             views=views,
+            relation_weight=dcfg.relation_weight,
         )
 
     provenance = {
