@@ -48,7 +48,8 @@ class RegressionTask(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         pred = self.model(batch["x"])
-        return {"loss": nn.functional.mse_loss(pred, batch["y"]), "pred": pred}
+        error = (pred - batch["y"]).detach().abs().mean()  # a logged term beside the loss
+        return {"loss": nn.functional.mse_loss(pred, batch["y"]), "pred": pred, "mae": error}
 
 
 class RecordingTask(RegressionTask):

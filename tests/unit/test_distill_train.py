@@ -87,6 +87,20 @@ def test_distill_end_to_end_writes_a_student_and_honest_stats(tmp_path):
     )
 
 
+def test_distill_with_relational_kd_logs_every_loss_term(tmp_path):
+    make_prepared(tmp_path, n_per_class=10, size=16, classes=CLASSES)
+    save_teacher(tmp_path / "teacher" / "model", 16)
+    distill(tiny_config(tmp_path, relation_weight=2.0), tmp_path)
+    log = [json.loads(line) for line in (tmp_path / "student/train/metrics.jsonl").open()]
+    steps = [r for r in log if "loss" in r]
+    assert len(steps) == 4
+    for r in steps:  # loss = (1 - alpha) ce + alpha kd + 2 relation, per step (log_every 1)
+        alpha = DistillConfig().alpha
+        expected = (1 - alpha) * r["ce"] + alpha * r["kd"] + 2.0 * r["relation"]
+        assert r["loss"] == pytest.approx(expected, rel=1e-4)
+        assert 0.0 < r["relation"] < 4.0  # squared differences of cosines
+
+
 def test_distill_with_cached_logits_and_a_teacher_at_another_resolution(tmp_path):
     make_prepared(tmp_path, n_per_class=10, size=16, classes=CLASSES)
     add_synthetic(tmp_path, n_per_class=2)

@@ -40,6 +40,10 @@ def test_loss_falls_and_metrics_are_logged(tmp_path):
     losses = [r["loss"] for r in result.history if "loss" in r]
     assert len(losses) == 40
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    # The task's other scalar terms are logged beside the loss; tensors that are not are not.
+    errors = [r["mae"] for r in result.history if "loss" in r]
+    assert len(errors) == 40 and sum(errors[-5:]) < sum(errors[:5])
+    assert not any("pred" in r for r in result.history)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == list(range(1, 41))
     assert (tmp_path / "checkpoint" / "training_state" / "optimizer.pt").exists()

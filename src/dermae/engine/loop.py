@@ -434,6 +434,7 @@ def fit(
     )
     prepared_task.train()
     running_loss, running_count = 0.0, 0
+    running_terms: dict[str, float] = {}  # a task's other scalars (a KD task's ce, kd, ...)
     while step < n_steps:
         epoch, done_in_epoch = divmod(step, per_epoch)
         loader = _epoch_loader(
@@ -462,6 +463,9 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
             running_loss += float(loss.detach())
             running_count += 1
+            for key, value in out.items():
+                if key != "loss" and isinstance(value, torch.Tensor) and value.ndim == 0:
+                    running_terms[key] = running_terms.get(key, 0.0) + float(value)
             if not accelerator.sync_gradients:
                 continue
             step += 1
@@ -476,8 +480,10 @@ def fit(
                     "epoch": step / per_epoch,
                     "loss": running_loss / max(running_count, 1),
                     "lr": _base_lr(optimizer),
+                    **{k: v / max(running_count, 1) for k, v in running_terms.items()},
                 }
                 running_loss, running_count = 0.0, 0
+                running_terms = {}
                 progress_bar.set_postfix(loss=f"{record['loss']:.4f}")
             if evaluate is not None and (step % eval_every == 0 or step == n_steps):
                 scores = run_eval()
