@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -339,3 +340,19 @@ def test_ablation_components_reads_seed_zero_then_every_extra_seed(tmp_path: Pat
     assert list(frames) == ["b_simple_fix", "d_dermae"]  # (e) was not scored: left out
     assert [f["p"][0] for f in frames["b_simple_fix"]] == [0, 1, 2]
     assert [f["p"][0] for f in frames["d_dermae"]] == [10]
+
+
+def test_kd_fit_scores_hand_made_probabilities() -> None:
+    script = _load("kd_fit")
+    teacher = np.array([[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]])
+    same = script.follow_scores(teacher, teacher)
+    assert same["kl_from_teacher"] == pytest.approx(0.0, abs=1e-9)
+    assert same["top1_agreement"] == 1.0
+    student = np.array([[0.5, 0.5], [0.9, 0.1], [0.6, 0.4]])  # flips the third image
+    other = script.follow_scores(teacher, student)
+    third = 0.2 * np.log(0.2 / 0.6) + 0.8 * np.log(0.8 / 0.4)
+    assert other["kl_from_teacher"] == pytest.approx(third / 3)
+    assert other["top1_agreement"] == pytest.approx(2 / 3)
+    scores = script.label_scores(student, np.array([1, 0, 1]), ["a", "b"])
+    assert scores["sensitivity"] == {"a": 1.0, "b": 0.0}  # argmax ties go to the first class
+    assert scores["balanced_accuracy"] == pytest.approx(0.5)

@@ -1,0 +1,121 @@
+"""How closely do students follow their teacher, split by split? (No training.)
+
+A student that matches the teacher as badly on its own training images as on test is held
+back by what it can represent (capacity, resolution, steps); one that matches it far better on
+train than on test is held back by what it has seen (more transfer images, more views). Each
+model and the teacher score the un-augmented train, validation and test images once:
+
+    python benchmarks/kd_fit.py runs/cpu-full-phone --teacher teacher_ensemble/model \\
+        --model d=student/model --model b=ablate/b_simple_fix/model \\
+        --out benchmarks/results/cpu_full_phone_kd_fit.json
+
+Per split and model: KL(teacher || model) averaged over images, top-1 agreement with the
+teacher, balanced accuracy and per-class sensitivity, beside the teacher's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, recall_score
+
+from dermae.classify.common import dataset_targets, predict_probs, target_view
+from dermae.classify.model import load_classifier
+from dermae.data.prepared import load_prepared
+
+SPLITS = ("train", "val", "test")
+EPS = 1e-12
+
+
+def follow_scores(teacher: np.ndarray, student: np.ndarray) -> dict[str, float]:
+    """KL(teacher || student) per image, averaged, and top-1 agreement; probabilities [N, C]."""
+    kl = (teacher * (np.log(teacher + EPS) - np.log(student + EPS))).sum(1)
+    agreement = teacher.argmax(1) == student.argmax(1)
+    return {"kl_from_teacher": float(kl.mean()), "top1_agreement": float(agreement.mean())}
+
+
+def label_scores(probs: np.ndarray, targets: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    labels = list(range(len(class_names)))
+    predicted = probs.argmax(1)
+    recall = recall_score(targets, predicted, labels=labels, average=None, zero_division=0)
+    return {
+        "balanced_accuracy": float(balanced_accuracy_score(targets, predicted)),
+        "sensitivity": dict(zip(class_names, (float(r) for r in recall), strict=True)),
+    }
+
+
+def kd_fit(run_dir: Path, teacher_dir: str, models: dict[str, str]) -> dict[str, Any]:
+    prepared = load_prepared(run_dir, with_synthetic=False)
+    view = target_view(prepared, "diagnosis")
+    teacher = load_classifier(run_dir / teacher_dir)[0]
+    students = {name: load_classifier(run_dir / folder)[0] for name, folder in models.items()}
+    result: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "teacher": teacher_dir,
+        "models": models,
+        "splits": {},
+    }
+    for split in SPLITS:
+        dataset = prepared.dataset(prepared.rows(split))
+        targets = dataset_targets(dataset, view.key)
+        teacher_probs = predict_probs(teacher, dataset, desc=f"teacher {split}")
+        scores = {
+            "images": len(targets),
+            "teacher": label_scores(teacher_probs, targets, view.class_names),
+        }
+        for name, model in students.items():
+            probs = predict_probs(model, dataset, desc=f"{name} {split}")
+            scores[name] = {
+                **follow_scores(teacher_probs, probs),
+                **label_scores(probs, targets, view.class_names),
+            }
+        result["splits"][split] = scores
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        "| split | model | KL(teacher ‖ model) | top-1 agreement | balanced accuracy |",
+        "|---|---|---|---|---|",
+    ]
+    for split, scores in result["splits"].items():
+        lines.append(
+            f"| {split} | teacher | — | — | {scores['teacher']['balanced_accuracy']:.3f} |"
+        )
+        for name in result["models"]:
+            s = scores[name]
+            lines.append(
+                f"| {split} | {name} | {s['kl_from_teacher']:.3f} | {s['top1_agreement']:.3f} "
+                f"| {s['balanced_accuracy']:.3f} |"
+            )
+    return "\n".join(lines)
+
+
+def _model(text: str) -> tuple[str, str]:
+    name, sep, folder = text.partition("=")
+    if not sep or not name or not folder:
+        raise argparse.ArgumentTypeError(f"expected NAME=folder, got '{text}'")
+    return name, folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--teacher", default="teacher_ensemble/model", help="folder in the run")
+    parser.add_argument("--model", type=_model, action="append", required=True)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    result = kd_fit(args.run_dir, args.teacher, dict(args.model))
+    print(table(result))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
