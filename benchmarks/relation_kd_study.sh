@@ -1,35 +1,26 @@
 #!/bin/bash
 # Relational KD (`distill.relation_weight`) on the DerMAE student of a finished cpu-full-phone run
-# (all six variants and five seeds of (b) and (d), as in BENCHMARKS.md section 37):
+# (five seeds of (b) and (d) in its ablation, as in BENCHMARKS.md sections 36-37):
 #   DERMAE_THREADS=2 bash benchmarks/relation_kd_study.sh runs/cpu-full-phone benchmarks/results
-# 1. Seed 0 at each weight in BETAS; the weight with the best validation balanced accuracy
-#    (the kept checkpoint's) is chosen. Test is not read for the choice.
-# 2. The chosen weight at the other SEEDS (seed k pairs with the run's d_seed_plus_k: same
-#    initialisation and data order; only the relation term differs).
-# 3. benchmarks/seed_study.py pairs (b), (d) and (d) + relation on test, against (b) and
-#    against (d).
-# Each student trains in its own run folder beside the run, which lends it data, synthetic
-# images and teachers through symlinks (nothing in the run is written). About 15 min per
-# student on the AMX host (2 threads).
+# 1. Seed 0 at each weight in BETAS (benchmarks/student_variant_study.py, into
+#    <run>/relation<beta>/); the weight with the best validation balanced accuracy (the kept
+#    checkpoint's) is chosen. Test is not read for the choice.
+# 2. The chosen weight at SEEDS seeds (seed k pairs with the run's (d) seed k: same
+#    initialisation and data order; only the relation term differs), paired on test with
+#    (b) (<out>/cpu_full_phone_relation_kd.json) and with the run's (d)
+#    (<out>/cpu_full_phone_relation_vs_d.json).
+# About 13 min per student on the AMX host (2 threads).
 set -euo pipefail
 R=${1:?run dir}
 OUT=${2:?output folder}
 BETAS=${BETAS:-"10 30"}
-SEEDS=${SEEDS:-"1 2 3 4"}
+SEEDS=${SEEDS:-5}
 CONFIG=${CONFIG:-configs/cpu-full-phone.yaml}
-DERMAE=${DERMAE:-dermae}
 PY=${PY:-python}
-STAGES="prepare baseline baseline_seeds vae ldm sample synth_quality pretrain finetune"
 
-student() { # beta seed -> trains <R>-rel-b<beta>-s<seed>/student/model
-  local d="$R-rel-b$1-s$2"
-  mkdir -p "$d/stages"
-  for x in data synth teacher baseline baseline_seeds; do ln -sfn "$(realpath "$R/$x")" "$d/$x"; done
-  for s in $STAGES; do [ -f "$R/stages/$s.json" ] && cp "$R/stages/$s.json" "$d/stages/"; done
-  echo "beta $1 seed $2: start $(date -u +%T), load $(cut -d' ' -f1-3 /proc/loadavg)"
-  "$DERMAE" distill -c "$CONFIG" --run-dir "$d" --set "distill.relation_weight=$1" \
-    --set "distill.train.seed=$2"
-  echo "beta $1 seed $2: end $(date -u +%T), load $(cut -d' ' -f1-3 /proc/loadavg)"
+variant() { # beta seeds out
+  "$PY" benchmarks/student_variant_study.py "$R" -c "$CONFIG" --name "relation$1" \
+    --set "distill.relation_weight=$1" --seeds "$2" --out "$3"
 }
 best_val() {
   "$PY" -c "import json,sys; print(max(json.loads(l).get('val_balanced_accuracy', 0) for l in open(sys.argv[1])))" "$1"
@@ -38,33 +29,22 @@ best_val() {
 chosen=""
 chosen_val=-1
 for b in $BETAS; do
-  student "$b" 0
-  v=$(best_val "$R-rel-b$b-s0/student/train/metrics.jsonl")
+  echo "beta $b, seed 0: start $(date -u +%T), load $(cut -d' ' -f1-3 /proc/loadavg)"
+  variant "$b" 1 "$OUT/relation_probe_beta$b.json"
+  v=$(best_val "$R/relation$b/d_seed_0/train/metrics.jsonl")
   echo "beta $b: best validation balanced accuracy $v"
   if "$PY" -c "import sys; sys.exit(0 if float(sys.argv[1]) > float(sys.argv[2]) else 1)" "$v" "$chosen_val"; then
     chosen=$b
     chosen_val=$v
   fi
 done
-echo "chosen on validation: beta $chosen"
-for s in $SEEDS; do student "$chosen" "$s"; done
+echo "chosen on validation: beta $chosen; seeds start $(date -u +%T)"
+variant "$chosen" "$SEEDS" "$OUT/cpu_full_phone_relation_kd.json"  # seed 0 is resumed, done
+echo "seeds end $(date -u +%T), load $(cut -d' ' -f1-3 /proc/loadavg)"
 
-seeds() { # first folder, then the ablation's extra seeds of variant $2
-  echo -n "$1"
-  for i in $SEEDS; do echo -n ",$R/ablate/seeds/${2}_seed_plus_$i/model"; done
+folders() { # the run's (d) seeds, as its ablation lists them
+  "$PY" -c "import json,sys; print(','.join(json.load(open(sys.argv[1]))['seeds']['models']['d_dermae'][:int(sys.argv[2])]))" "$R/ablate/ablation.json" "$SEEDS"
 }
-rel="$R-rel-b$chosen-s0/student/model"
-for s in $SEEDS; do rel="$rel,$R-rel-b$chosen-s$s/student/model"; done
-others=()  # the weights not chosen, seed 0: scored beside, never chosen
-for b in $BETAS; do
-  [ "$b" = "$chosen" ] || others+=(--bar "d_relation_beta$b=$R-rel-b$b-s0/student/model")
-done
-"$PY" benchmarks/seed_study.py "$R" --reference b \
-  --recipe "b=$(seeds "$R/ablate/b_simple_fix/model" b)" \
-  --recipe "d=$(seeds "$R/student/model" d)" \
-  --recipe "d_relation=$rel" \
-  --bar "teacher_ensemble=$R/teacher_ensemble/model" "${others[@]}" \
-  --out "$OUT/cpu_full_phone_relation_kd.json"
-"$PY" benchmarks/seed_study.py "$R" --reference d \
-  --recipe "d=$(seeds "$R/student/model" d)" --recipe "d_relation=$rel" \
-  --out "$OUT/cpu_full_phone_relation_vs_d.json"
+relation=$(for k in $(seq 0 $((SEEDS - 1))); do echo -n "$R/relation$chosen/d_seed_$k/model,"; done)
+"$PY" benchmarks/seed_study.py "$R" --reference d --recipe "d=$(folders)" \
+  --recipe "d_relation=${relation%,}" --out "$OUT/cpu_full_phone_relation_vs_d.json"
