@@ -7,31 +7,10 @@ import torch
 from torch.nn import functional as F
 
 from dermae.classify.ensemble import build_ensemble
-from dermae.classify.model import Classifier, build_classifier, classifier_config
 from dermae.distill.losses import cosine_gram, kd_terms, relation_loss, teacher_gram
 from dermae.distill.task import DistillTask
-from tests.helpers.tiny_data import torch_threads
-
-CLASSES = ["bcc", "mel", "nv"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
-
-
-def tiny(arch: str, size: int, seed: int = 0) -> Classifier:
-    torch.manual_seed(seed)
-    return build_classifier(classifier_config(arch, CLASSES, ["bcc", "mel"], size))
-
-
-def images(n: int = 6, size: int = 16, seed: int = 0) -> torch.Tensor:
-    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def batch_of(x: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {"image": x, "label": torch.arange(len(x)) % 3, "index": torch.arange(len(x))}
+from tests.unit.test_distill_task import batch_of, images
+from tests.unit.test_distill_views import one_thread, tiny  # noqa: F401 (autouse fixture)
 
 
 def test_cosine_gram_of_hand_made_features():

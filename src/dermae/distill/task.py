@@ -95,6 +95,17 @@ def teacher_logits_for(
     return out
 
 
+def _check_live_option(name: str, value: float, cached: bool, why: str) -> None:
+    """A `distill.<name>` that is off at 0 and needs the live teacher when on."""
+    if value < 0:
+        raise ValueError(f"distill.{name} must be >= 0 (0 is off), got {value}")
+    if value > 0 and cached:
+        raise ValueError(
+            f"distill.{name} needs the live teacher ({why}): set "
+            f"distill.cache_teacher_logits=false and distill.teacher_views=0, or distill.{name}=0"
+        )
+
+
 class DistillTask(nn.Module):
     """forward(batch) -> {"loss", "logits", "ce", "kd"}; `.model` trains, `.teacher` never does."""
 
@@ -123,25 +134,10 @@ class DistillTask(nn.Module):
             )
         self.teacher_precision = teacher_precision
         self._teacher_resolved: dict[str, str] = {}  # device type -> precision, once per run
-        if mixup < 0:
-            raise ValueError(f"distill.mixup must be >= 0 (0 is off), got {mixup}")
-        if mixup > 0 and (cached_logits is not None or views is not None):
-            raise ValueError(
-                "distill.mixup needs the live teacher (a cache holds logits of unmixed "
-                "images): set distill.cache_teacher_logits=false and distill.teacher_views=0, "
-                "or distill.mixup=0"
-            )
+        cached = cached_logits is not None or views is not None
+        _check_live_option("mixup", mixup, cached, "a cache holds logits of unmixed images")
+        _check_live_option("relation_weight", relation_weight, cached, "a cache holds no features")
         self.mixup = float(mixup)
-        if relation_weight < 0:
-            raise ValueError(
-                f"distill.relation_weight must be >= 0 (0 is off), got {relation_weight}"
-            )
-        if relation_weight > 0 and (cached_logits is not None or views is not None):
-            raise ValueError(
-                "distill.relation_weight needs the live teacher (a cache holds logits, not "
-                "features): set distill.cache_teacher_logits=false and distill.teacher_views=0, "
-                "or distill.relation_weight=0"
-            )
         self.relation_weight = float(relation_weight)
         if student.config["num_classes"] != teacher.config["num_classes"]:
             raise ValueError(
