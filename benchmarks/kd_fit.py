@@ -10,7 +10,9 @@ model and the teacher score the un-augmented train, validation and test images o
         --out benchmarks/results/cpu_full_phone_kd_fit.json
 
 Per split and model: KL(teacher || model) averaged over images, top-1 agreement with the
-teacher, balanced accuracy and per-class sensitivity, beside the teacher's own.
+teacher, balanced accuracy and per-class sensitivity, beside the teacher's own. Every model
+sees the run's prepared images (a member at another resolution gets them resized, as in the
+ensemble's own forward); `seed_study.py` scores models at their own cached size.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, recall_score
 
 from dermae.classify.common import dataset_targets, predict_probs, target_view
 from dermae.classify.model import load_classifier
 from dermae.data.prepared import load_prepared
+from dermae.metrics import classification_metrics
 
 SPLITS = ("train", "val", "test")
 EPS = 1e-12
@@ -38,19 +40,21 @@ def follow_scores(teacher: np.ndarray, student: np.ndarray) -> dict[str, float]:
     return {"kl_from_teacher": float(kl.mean()), "top1_agreement": float(agreement.mean())}
 
 
-def label_scores(probs: np.ndarray, targets: np.ndarray, class_names: list[str]) -> dict[str, Any]:
-    labels = list(range(len(class_names)))
-    predicted = probs.argmax(1)
-    recall = recall_score(targets, predicted, labels=labels, average=None, zero_division=0)
+def label_scores(
+    probs: np.ndarray, targets: np.ndarray, class_names: list[str], malignant_index: list[int]
+) -> dict[str, Any]:
+    """Balanced accuracy and per-class sensitivity, as the evaluate stage computes them."""
+    report = classification_metrics(targets, probs, class_names, malignant_index)
     return {
-        "balanced_accuracy": float(balanced_accuracy_score(targets, predicted)),
-        "sensitivity": dict(zip(class_names, (float(r) for r in recall), strict=True)),
+        "balanced_accuracy": report["balanced_accuracy"],
+        "sensitivity": {c: report["per_class"][c]["sensitivity"] for c in class_names},
     }
 
 
 def kd_fit(run_dir: Path, teacher_dir: str, models: dict[str, str]) -> dict[str, Any]:
     prepared = load_prepared(run_dir, with_synthetic=False)
     view = target_view(prepared, "diagnosis")
+    classes = (view.class_names, view.malignant_index)
     teacher = load_classifier(run_dir / teacher_dir)[0]
     students = {name: load_classifier(run_dir / folder)[0] for name, folder in models.items()}
     result: dict[str, Any] = {
@@ -65,13 +69,13 @@ def kd_fit(run_dir: Path, teacher_dir: str, models: dict[str, str]) -> dict[str,
         teacher_probs = predict_probs(teacher, dataset, desc=f"teacher {split}")
         scores = {
             "images": len(targets),
-            "teacher": label_scores(teacher_probs, targets, view.class_names),
+            "teacher": label_scores(teacher_probs, targets, *classes),
         }
         for name, model in students.items():
             probs = predict_probs(model, dataset, desc=f"{name} {split}")
             scores[name] = {
                 **follow_scores(teacher_probs, probs),
-                **label_scores(probs, targets, view.class_names),
+                **label_scores(probs, targets, *classes),
             }
         result["splits"][split] = scores
     return result

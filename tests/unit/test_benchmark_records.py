@@ -353,6 +353,6 @@ def test_kd_fit_scores_hand_made_probabilities() -> None:
     third = 0.2 * np.log(0.2 / 0.6) + 0.8 * np.log(0.8 / 0.4)
     assert other["kl_from_teacher"] == pytest.approx(third / 3)
     assert other["top1_agreement"] == pytest.approx(2 / 3)
-    scores = script.label_scores(student, np.array([1, 0, 1]), ["a", "b"])
+    scores = script.label_scores(student, np.array([1, 0, 1]), ["a", "b"], [1])
     assert scores["sensitivity"] == {"a": 1.0, "b": 0.0}  # argmax ties go to the first class
     assert scores["balanced_accuracy"] == pytest.approx(0.5)

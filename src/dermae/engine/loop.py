@@ -434,7 +434,8 @@ def fit(
     )
     prepared_task.train()
     running_loss, running_count = 0.0, 0
-    running_terms: dict[str, float] = {}  # a task's other scalars (a KD task's ce, kd, ...)
+    # A task's other scalars (a KD task's ce, kd, ...), summed on their device: read at log time.
+    running_terms: dict[str, torch.Tensor] = {}
     while step < n_steps:
         epoch, done_in_epoch = divmod(step, per_epoch)
         loader = _epoch_loader(
@@ -465,7 +466,7 @@ def fit(
             running_count += 1
             for key, value in out.items():
                 if key != "loss" and isinstance(value, torch.Tensor) and value.ndim == 0:
-                    running_terms[key] = running_terms.get(key, 0.0) + float(value)
+                    running_terms[key] = running_terms.get(key, 0.0) + value.detach()
             if not accelerator.sync_gradients:
                 continue
             step += 1
@@ -480,7 +481,7 @@ def fit(
                     "epoch": step / per_epoch,
                     "loss": running_loss / max(running_count, 1),
                     "lr": _base_lr(optimizer),
-                    **{k: v / max(running_count, 1) for k, v in running_terms.items()},
+                    **{k: float(v) / max(running_count, 1) for k, v in running_terms.items()},
                 }
                 running_loss, running_count = 0.0, 0
                 running_terms = {}
