@@ -245,6 +245,11 @@ class DistillConfig:
     # cpu-full-phone (BENCHMARKS section 38): 30, chosen on validation, -0.002 against plain KD
     # over five seeds.
     relation_weight: float = 0.0
+    # The student's input resolution; None: data.image_size. Another size trains on real
+    # images only (synthetic ones exist at data.image_size: set synthetic_ratio 0), and the
+    # ablation trains (a), (b) and (g) at it too, so the variants stay like for like. A
+    # teacher at a lower resolution sees the student's augmented view resized down.
+    image_size: int | None = None
     augment: bool = True
     drop_rate: float = 0.1
     latency_runs: int = 30  # batch-1 CPU timings behind model_stats.json's median latency
@@ -426,7 +431,7 @@ LATER_KEYS: dict[str, dict[str, Any]] = {
     "data": {"batch_augment": False},
     "baseline": {"mixup": 0.0},
     "vae": {"perceptual_weight": 0.0, "class_sampling_power": 0.0},
-    "distill": {"teacher_views": 0},
+    "distill": {"teacher_views": 0, "image_size": None},
     "ablate": {"seed_variants": ["d", "g"]},
 }
 
@@ -706,6 +711,18 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(
             "config key 'distill.teacher_views' needs distill.augment=true: un-augmented views "
             "are all one image; set teacher_views to 0 or turn augmentation on"
+        )
+    student_size = cfg.distill.image_size
+    if (
+        student_size not in (None, cfg.data.image_size)
+        and cfg.data.include_synthetic
+        and cfg.distill.synthetic_ratio > 0
+    ):
+        raise ConfigError(
+            f"config key 'distill.image_size' is {student_size}, but the synthetic images exist "
+            f"only at data.image_size {cfg.data.image_size} and distill.synthetic_ratio is "
+            f"{cfg.distill.synthetic_ratio}: set distill.synthetic_ratio=0 (the student trains "
+            "on real images only) or leave distill.image_size unset"
         )
     _check_choice("sample.filter", cfg.sample.filter, ("none", "classifier"))
     _check_choice("sample.mixed_precision", cfg.sample.mixed_precision, ("auto", "no", "bf16"))

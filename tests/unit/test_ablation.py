@@ -42,7 +42,7 @@ def test_verdict_reads_the_paired_interval():
 
 
 def _fake_trained(run_dir, scores):
-    def fake(cfg, run_dir_, stage, stage_cfg, synthetic_ratio=0.0, resume=True):
+    def fake(cfg, run_dir_, stage, stage_cfg, synthetic_ratio=0.0, resume=True, image_size=None):
         folder = run_dir / stage / "model"
         folder.mkdir(parents=True)
         best = {"score": scores[stage_cfg.loss]}
@@ -132,7 +132,7 @@ def test_variant_g_is_b_with_the_students_mixup_and_no_teacher(tmp_path, monkeyp
     (tmp_path / "baseline" / "model" / "config.json").write_text(json.dumps({"loss": "ce"}))
     trained = {}
 
-    def fake_baseline(cfg_, run_dir, stage, stage_cfg, synthetic_ratio=0.0, resume=True):
+    def fake_baseline(cfg_, run_dir, stage, stage_cfg, synthetic_ratio=0.0, resume=True, **kw):
         trained[stage] = stage_cfg
         return run_dir / stage / "model"
 
@@ -148,3 +148,36 @@ def test_variant_g_is_b_with_the_students_mixup_and_no_teacher(tmp_path, monkeyp
     cfg = load_config(None, [*base, "ablate.variants=[b,g]"])
     models, notes = ablation._variant_models(cfg, tmp_path, resume=True)
     assert "g_mixup_no_kd" not in models and "distill.mixup=0" in notes["g_mixup_no_kd"]
+
+
+def test_variants_without_a_teacher_train_at_the_students_resolution(tmp_path, monkeypatch):
+    from dermae.evaluate import ablation
+    from tests.helpers.tiny_data import make_prepared
+
+    make_prepared(tmp_path, n_per_class=2, size=16)
+    (tmp_path / "baseline" / "model").mkdir(parents=True)
+    (tmp_path / "baseline" / "model" / "model.safetensors").write_bytes(b"")
+    (tmp_path / "baseline" / "model" / "config.json").write_text(json.dumps({"loss": "ce"}))
+    sizes = {}
+
+    def fake_baseline(cfg_, run_dir, stage, stage_cfg, synthetic_ratio=0.0, resume=True, **kw):
+        sizes[stage] = kw.get("image_size")
+        folder = run_dir / stage / "model"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps({"loss": stage_cfg.loss}))
+        return folder
+
+    monkeypatch.setattr(ablation, "train_baseline", fake_baseline)
+    base = [f"run_dir={tmp_path}", "data.image_size=16", "baseline.loss=ce"]
+    # The student's recipe is the baseline's, so at the data's size (b) is the baseline itself.
+    same = [*base, "distill.loss=baseline", "ablate.variants=[a,b]"]
+    models, _ = ablation._variant_models(load_config(None, same), tmp_path, resume=True)
+    assert models["b_simple_fix"] == tmp_path / "baseline" / "model"
+    assert sizes == {"ablate/a_real_ce": None}
+    # At another size (b) is trained again, at the student's pixels, like (a) and (g).
+    sizes.clear()
+    other = [*same, "distill.image_size=32", "distill.synthetic_ratio=0", "distill.mixup=0.4"]
+    cfg = load_config(None, [*other, "ablate.variants=[a,b,g]"])
+    models, _ = ablation._variant_models(cfg, tmp_path, resume=True)
+    assert models["b_simple_fix"] == tmp_path / "ablate/b_simple_fix/model"
+    assert sizes == {f"ablate/{v}": 32 for v in ("b_simple_fix", "a_real_ce", "g_mixup_no_kd")}

@@ -46,13 +46,12 @@ def train_baseline(
     """Train a timm classifier; returns the saved classifier folder `<run_dir>/<stage>/model`.
 
     `synthetic_ratio` exists for the ablation (real + synthetic, same recipe); `image_size`
-    (default: the data's) for teacher members at a higher resolution.
+    (default: the data's) for teacher members at a higher resolution and for the ablation's
+    variants at the student's.
     """
     stage_cfg = stage_cfg or cfg.baseline
     if stage_cfg.loss == "auto":
-        if image_size is not None:
-            raise ValueError("loss 'auto' chooses (b)'s loss at the data's size; name the loss")
-        return _best_simple_fix(cfg, run_dir, stage, stage_cfg, synthetic_ratio, resume)
+        return _best_simple_fix(cfg, run_dir, stage, stage_cfg, synthetic_ratio, resume, image_size)
     recipe = Recipe.of(stage_cfg, synthetic_ratio=synthetic_ratio)
 
     def make_task(setup: TrainSetup) -> ClassificationTask:
@@ -95,6 +94,7 @@ def _best_simple_fix(
     stage_cfg: BaselineConfig,
     synthetic_ratio: float,
     resume: bool,
+    image_size: int | None = None,
 ) -> Path:
     """Train each simple fix into `<stage>/<loss>/`; the better one on validation becomes
     `<stage>/model` (its config says which, with both scores)."""
@@ -107,6 +107,7 @@ def _best_simple_fix(
             dataclasses.replace(stage_cfg, loss=loss),
             synthetic_ratio,
             resume,
+            image_size,
         )
         saved = load_config_json(folder)
         # The validation score of the weights kept (`train.select`); older folders: "best".

@@ -108,7 +108,9 @@ def train_classifier(
     run_dir = Path(run_dir)
     with_synth = uses_synthetic(cfg, recipe)
     prepared = load_prepared(run_dir, with_synthetic=with_synth)
-    if image_size is not None and image_size != prepared.image_size:
+    # Recorded only off the data's size, so checkpoints made before the option still resume.
+    other_size = {"image_size": image_size} if image_size not in (None, prepared.image_size) else {}
+    if other_size:
         if with_synth:
             raise ValueError(
                 f"{stage}: synthetic images exist only at {prepared.image_size} px, so a model "
@@ -160,6 +162,7 @@ def train_classifier(
             },
             "label": cfg.data.label,
             "train_rows": train_rows,
+            **other_size,
             **(run_config or {}),
         },
         select_metric=SELECT_METRIC,

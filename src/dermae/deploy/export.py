@@ -38,7 +38,7 @@ from dermae.deploy.spec import (
     threshold_from_config,
     write_spec,
 )
-from dermae.engine.checkpoint import atomic_dir, commit_dir
+from dermae.engine.checkpoint import atomic_dir, commit_dir, load_config_json
 from dermae.layout import RunLayout
 from dermae.metrics import choose_threshold, threshold_key
 from dermae.risk import malignant_risk
@@ -266,6 +266,9 @@ def export_run(
         )
     run_dir = Path(run_dir or cfg.run_dir)
     data = load_prepared(run_dir, with_synthetic=False)
+    model_size = int(load_config_json(checkpoint_dir)["image_size"])
+    if model_size != data.image_size:  # a student at distill.image_size
+        data = data.at_size(model_size)
 
     def split(name: str) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
         rows = data.rows(name)

@@ -162,14 +162,19 @@ def load_teacher(
     return ensemble, {**ensemble.config, **extra}, ensemble_dir
 
 
-def _teacher_view(prepared: PreparedData, teacher_size: int) -> tuple[int | None, str]:
+def _teacher_view(
+    prepared: PreparedData, teacher_size: int, student_size: int
+) -> tuple[int | None, str]:
     """(size of the extra "teacher_image" view or None, what the teacher sees, in words).
 
-    A teacher at a higher resolution than the data gets the student's augmented view at its
+    A teacher at a higher resolution than the student gets the student's augmented view at its
     own size, cached from the source files. Without them it gets the student's images resized
-    up (less than it was trained on), and says so.
+    up (less than it was trained on), and says so. A teacher at a lower resolution gets the
+    student's view resized down (`DistillTask`).
     """
-    if teacher_size <= prepared.image_size:
+    if teacher_size < student_size:
+        return None, "the student's images, resized down"
+    if teacher_size == student_size:
         return None, "the student's images"
     try:
         prepared.at_size(teacher_size)
@@ -214,8 +219,8 @@ def distill(
     cache_seconds = 0.0
     teacher_size = int(teacher_config["image_size"])
     prepared = load_prepared(run_dir, with_synthetic=False)
-    data_size = prepared.image_size
-    view_size, view = _teacher_view(prepared, teacher_size)
+    student_size = dcfg.image_size or prepared.image_size
+    view_size, view = _teacher_view(prepared, teacher_size, student_size)
     views: TeacherViews | None = None
 
     def make_task(setup: TrainSetup) -> DistillTask:
@@ -273,7 +278,7 @@ def distill(
     }
     if dcfg.teacher_views > 0:  # absent at 0, as before this key existed
         provenance["teacher_views"] = dcfg.teacher_views
-    if teacher_size > data_size:  # else it sees the student's images, as before this key
+    if teacher_size != student_size:  # else it sees the student's images, as before this key
         provenance["teacher_view"] = view
     trained = train_classifier(
         cfg,
@@ -285,6 +290,7 @@ def distill(
         run_config={"stage": without_later_keys("distill", to_dict(dcfg)), **provenance},
         extra_config={"distilled": provenance},
         upstream=[teacher_path],
+        image_size=dcfg.image_size,
         teacher_size=view_size,
     )
     model_dir = trained.model_dir

@@ -64,6 +64,14 @@ def student_recipe(cfg: Config, loss: str) -> BaselineConfig:
     )
 
 
+def train_at_student_size(
+    cfg: Config, run_dir: Path, stage: str, recipe: BaselineConfig, **kwargs: Any
+) -> Path:
+    """`train_baseline` at the student's resolution (`distill.image_size`), so that a variant
+    without a teacher sees the pixels (d) sees."""
+    return train_baseline(cfg, run_dir, stage, recipe, image_size=cfg.distill.image_size, **kwargs)
+
+
 def seeded_distill(cfg: Config, k: int) -> Config:
     """`cfg` with the student's training seed moved by `k` (the ablation's seed + k copies)."""
     train = dataclasses.replace(cfg.distill.train, seed=(cfg.distill.train.seed or 0) + k)
@@ -78,10 +86,11 @@ def _simple_fix(cfg: Config, run_dir: Path, resume: bool) -> tuple[Path, dict[st
     """(b): the student recipe with the baseline's loss; the pipeline's baseline when that is
     the same recipe (`baseline.loss: auto` included), else trained here the same way."""
     recipe = student_recipe(cfg, cfg.baseline.loss)
-    if recipe == cfg.baseline and _has_model(RunLayout(run_dir).baseline_model):
+    same_size = cfg.distill.image_size in (None, cfg.data.image_size)
+    if recipe == cfg.baseline and same_size and _has_model(RunLayout(run_dir).baseline_model):
         folder = RunLayout(run_dir).baseline_model  # same recipe: reuse, don't retrain
     else:
-        folder = train_baseline(cfg, run_dir, "ablate/b_simple_fix", recipe, resume=resume)
+        folder = train_at_student_size(cfg, run_dir, "ablate/b_simple_fix", recipe, resume=resume)
     config = load_config_json(folder)
     return folder, {"loss": config["loss"], "choice": config.get("simple_fix")}
 
@@ -113,13 +122,13 @@ def _variant_models(
         load_prepared(run_dir).manifest["source"].eq("synthetic").sum()
     )
     if "a" in variants:
-        models["a_real_ce"] = train_baseline(
+        models["a_real_ce"] = train_at_student_size(
             cfg, run_dir, "ablate/a_real_ce", student_recipe(cfg, "ce"), resume=resume
         )
     models[REFERENCE] = b_dir
     if "c" in variants:
         if has_synth and cfg.distill.synthetic_ratio > 0:
-            models["c_real_synth"] = train_baseline(
+            models["c_real_synth"] = train_at_student_size(
                 cfg,
                 run_dir,
                 "ablate/c_real_synth",
@@ -166,7 +175,7 @@ def _variant_models(
     if "g" in variants:
         if cfg.distill.mixup > 0:
             mixed = dataclasses.replace(student_recipe(cfg, simple_loss), mixup=cfg.distill.mixup)
-            models["g_mixup_no_kd"] = train_baseline(
+            models["g_mixup_no_kd"] = train_at_student_size(
                 cfg, run_dir, "ablate/g_mixup_no_kd", mixed, resume=resume
             )
         else:
@@ -206,7 +215,9 @@ def _seed_models(
             seed = (cfg.baseline.train.seed or 0) + k
             seeded = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, seed=seed))
             stage = f"ablate/seeds/b_seed_plus_{k}"
-            seeds[REFERENCE].append(train_baseline(cfg, run_dir, stage, seeded, resume=resume))
+            seeds[REFERENCE].append(
+                train_at_student_size(cfg, run_dir, stage, seeded, resume=resume)
+            )
         if "d" in wanted:
             stage = f"ablate/seeds/d_seed_plus_{k}"
             seeds["d_dermae"].append(
@@ -219,7 +230,7 @@ def _seed_models(
             train = dataclasses.replace(recipe.train, seed=(recipe.train.seed or 0) + k)
             stage = f"ablate/seeds/c_seed_plus_{k}"
             seeds["c_real_synth"].append(
-                train_baseline(
+                train_at_student_size(
                     cfg,
                     run_dir,
                     stage,
@@ -237,7 +248,7 @@ def _seed_models(
             stage = f"ablate/seeds/g_seed_plus_{k}"
             seeded = dataclasses.replace(mixed, train=train)
             seeds["g_mixup_no_kd"].append(
-                train_baseline(cfg, run_dir, stage, seeded, resume=resume)
+                train_at_student_size(cfg, run_dir, stage, seeded, resume=resume)
             )
     return seeds
 
