@@ -11,8 +11,8 @@ model and the teacher score the un-augmented train, validation and test images o
 
 Per split and model: KL(teacher || model) averaged over images, top-1 agreement with the
 teacher, balanced accuracy and per-class sensitivity, beside the teacher's own. Every model
-sees the run's prepared images (a member at another resolution gets them resized, as in the
-ensemble's own forward); `seed_study.py` scores models at their own cached size.
+sees the images cached at its own size (a student at `distill.image_size` at that size; an
+ensemble at its largest member's, resizing for the others as in its own forward).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 
 from dermae.classify.common import dataset_targets, predict_probs, target_view
 from dermae.classify.model import load_classifier
-from dermae.data.prepared import load_prepared
+from dermae.data.prepared import PreparedData, load_prepared
 from dermae.metrics import classification_metrics
 
 SPLITS = ("train", "val", "test")
@@ -51,6 +51,18 @@ def label_scores(
     }
 
 
+def at_model_size(prepared: PreparedData, model: Any) -> PreparedData:
+    """The same rows cached at the model's own resolution."""
+    size = int(model.config["image_size"])
+    return prepared if size == prepared.image_size else prepared.at_size(size)
+
+
+def split_images(prepared: PreparedData, model: Any, split: str) -> Any:
+    """The split's un-augmented images at the model's own resolution."""
+    sized = at_model_size(prepared, model)
+    return sized.dataset(sized.rows(split))
+
+
 def kd_fit(run_dir: Path, teacher_dir: str, models: dict[str, str]) -> dict[str, Any]:
     prepared = load_prepared(run_dir, with_synthetic=False)
     view = target_view(prepared, "diagnosis")
@@ -64,15 +76,18 @@ def kd_fit(run_dir: Path, teacher_dir: str, models: dict[str, str]) -> dict[str,
         "splits": {},
     }
     for split in SPLITS:
-        dataset = prepared.dataset(prepared.rows(split))
-        targets = dataset_targets(dataset, view.key)
-        teacher_probs = predict_probs(teacher, dataset, desc=f"teacher {split}")
+        targets = dataset_targets(prepared.dataset(prepared.rows(split)), view.key)
+        teacher_probs = predict_probs(
+            teacher, split_images(prepared, teacher, split), desc=f"teacher {split}"
+        )
         scores = {
             "images": len(targets),
             "teacher": label_scores(teacher_probs, targets, *classes),
         }
         for name, model in students.items():
-            probs = predict_probs(model, dataset, desc=f"{name} {split}")
+            probs = predict_probs(
+                model, split_images(prepared, model, split), desc=f"{name} {split}"
+            )
             scores[name] = {
                 **follow_scores(teacher_probs, probs),
                 **label_scores(probs, targets, *classes),

@@ -356,3 +356,21 @@ def test_kd_fit_scores_hand_made_probabilities() -> None:
     scores = script.label_scores(student, np.array([1, 0, 1]), ["a", "b"], [1])
     assert scores["sensitivity"] == {"a": 1.0, "b": 0.0}  # argmax ties go to the first class
     assert scores["balanced_accuracy"] == pytest.approx(0.5)
+
+
+def test_kd_fit_gives_each_model_the_same_rows_at_its_own_size(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from dermae.data.prepared import load_prepared
+    from tests.helpers.tiny_data import make_prepared
+
+    script = _load("kd_fit")
+    make_prepared(tmp_path, n_per_class=3, size=16, source_size=40)
+    prepared = load_prepared(tmp_path)
+    at_16 = script.split_images(prepared, SimpleNamespace(config={"image_size": 16}), "train")
+    at_32 = script.split_images(prepared, SimpleNamespace(config={"image_size": 32}), "train")
+    assert len(at_16) == len(at_32) > 0
+    assert at_16[0]["image"].shape[-1] == 16 and at_32[0]["image"].shape[-1] == 32
+    assert [at_16[i]["label"] for i in range(len(at_16))] == [
+        at_32[i]["label"] for i in range(len(at_32))
+    ]
