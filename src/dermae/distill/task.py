@@ -169,19 +169,21 @@ class DistillTask(nn.Module):
         if self.views is not None:  # read here, so the views are drawn only if a step runs
             logits = self.views.logits[batch["view"].cpu(), batch["index"].cpu()]
             return logits.to(batch["image"].device)
-        image = to_resolution(teacher_view(batch), self.teacher_size)
-        with teacher_scope(image.device, self._teacher_precision_on(image.device)):
-            return self.teacher(image).float()
+        return self._live_teacher(batch, self.teacher).float()
 
     @torch.no_grad()
     def teacher_logits_and_gram(
         self, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The live teacher's logits and its similarity target for the batch (one pass)."""
+        logits, features = self._live_teacher(batch, self.teacher.forward_with_features)
+        return logits.float(), teacher_gram(features)
+
+    def _live_teacher(self, batch: dict[str, torch.Tensor], call: Any) -> Any:
+        """`call` (a teacher method) on the teacher's view at its size, in its precision."""
         image = to_resolution(teacher_view(batch), self.teacher_size)
         with teacher_scope(image.device, self._teacher_precision_on(image.device)):
-            logits, features = self.teacher.forward_with_features(image)
-        return logits.float(), teacher_gram(features)
+            return call(image)
 
     def _teacher_precision_on(self, device: torch.device) -> str:
         """`teacher_precision` with `auto` resolved for the teacher, once per device type
