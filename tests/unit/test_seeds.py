@@ -110,7 +110,9 @@ def test_seed_models_reuse_baseline_seeds_and_train_the_rest(tmp_path, monkeypat
     _marked(tmp_path / "student" / "model")
     trained = []
 
-    def fake_baseline(cfg_, run_dir, stage, stage_cfg, synthetic_ratio=0.0, resume=True):
+    def fake_baseline(
+        cfg_, run_dir, stage, stage_cfg, synthetic_ratio=0.0, resume=True, image_size=None
+    ):
         trained.append(("b", stage, stage_cfg.train.seed, stage_cfg.loss))
         return _marked(run_dir / stage / "model")
 
@@ -172,7 +174,9 @@ def test_seed_models_train_g_at_every_seed_with_the_students_mixup(tmp_path, mon
     g_dir = _marked(tmp_path / "ablate" / "g_mixup_no_kd" / "model")
     trained = []
 
-    def fake_baseline(cfg_, run_dir, stage, stage_cfg, synthetic_ratio=0.0, resume=True):
+    def fake_baseline(
+        cfg_, run_dir, stage, stage_cfg, synthetic_ratio=0.0, resume=True, image_size=None
+    ):
         trained.append((stage, stage_cfg.train.seed, stage_cfg.mixup))
         return _marked(run_dir / stage / "model")
 
@@ -202,7 +206,9 @@ def test_seed_models_train_c_at_every_seed_when_asked(tmp_path, monkeypatch):
     c_dir = _marked(tmp_path / "ablate" / "c_real_synth" / "model")
     trained = []
 
-    def fake_baseline(cfg_, run_dir, stage, stage_cfg, synthetic_ratio=0.0, resume=True):
+    def fake_baseline(
+        cfg_, run_dir, stage, stage_cfg, synthetic_ratio=0.0, resume=True, image_size=None
+    ):
         trained.append((stage, stage_cfg.train.seed, synthetic_ratio))
         return _marked(run_dir / stage / "model")
 

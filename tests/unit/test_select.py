@@ -78,7 +78,9 @@ def test_auto_simple_fix_compares_the_kept_weights(tmp_path, monkeypatch):
         "balanced_sampler": {"best": {"score": 0.47}, "selected": {"rule": "last", "score": 0.45}},
     }
 
-    def fake_train(cfg, run_dir, stage, stage_cfg, synthetic_ratio=0.0, resume=True):
+    def fake_train(
+        cfg, run_dir, stage, stage_cfg, synthetic_ratio=0.0, resume=True, image_size=None
+    ):
         folder = tmp_path / stage / "model"
         folder.mkdir(parents=True)
         (folder / "config.json").write_text(
