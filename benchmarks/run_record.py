@@ -73,6 +73,31 @@ def stage_seconds(run_dir: Path) -> dict[str, float]:
     return seconds
 
 
+def lent_stages(run_dir: Path) -> dict[str, str]:
+    """Stages whose output this run borrows by symlink from another run, with the lender.
+
+    A study folder may link an earlier run's data, generator or teachers instead of training
+    them again; its stage marks were copied along, so their seconds are the lender's.
+    """
+    from dermae.pipeline import STAGE_NAMES
+
+    lent = {}
+    for name in STAGE_NAMES:
+        mark = run_dir / "stages" / f"{name}.json"
+        if not mark.is_file():
+            continue
+        inside = json.loads(mark.read_text()).get("output_in_run")
+        if not inside:
+            continue
+        path = run_dir
+        for part in Path(inside).parts:  # the output folder or a folder above it
+            path = path / part
+            if path.is_symlink():
+                lent[name] = str(path.readlink())
+                break
+    return lent
+
+
 def generator_record(run_dir: Path) -> dict[str, Any]:
     """VAE reconstruction, filter acceptance, fidelity and near-copies, when the run made them."""
     record: dict[str, Any] = {}
@@ -126,6 +151,7 @@ def build_record(
         "uptime_after": uptime_after,
         **timing,
         "stages_s": stage_seconds(run_dir),
+        "stages_lent": lent_stages(run_dir),  # their seconds are the lender's
         **generator_record(run_dir),
     }
 

@@ -96,6 +96,26 @@ def test_record_reads_marks_and_generator(tmp_path: Path) -> None:
     assert (out["wall_s"], out["commit"], out["uptime_after"]) == (6532, "abc1234", "up 2")
 
 
+def test_record_names_stages_lent_by_symlink(tmp_path: Path) -> None:
+    record = _load("run_record")
+    lender, run = tmp_path / "lender", tmp_path / "run"
+    (lender / "synth" / "vae").mkdir(parents=True)
+    (run / "stages").mkdir(parents=True)
+    (run / "student").mkdir()
+    (run / "synth").symlink_to(lender / "synth")
+    marks = {"vae": "synth/vae", "distill": "student", "prepare": None}
+    for name, inside in marks.items():
+        (run / "stages" / f"{name}.json").write_text(
+            json.dumps({"seconds": 1.0, "output_in_run": inside})
+        )
+    assert record.lent_stages(run) == {"vae": str(lender / "synth")}
+    log = tmp_path / "run.log"
+    log.write_text(TIME_LOG)
+    out = record.build_record(run, log, "cmd", "machine")
+    assert out["stages_lent"] == {"vae": str(lender / "synth")}
+    assert set(out["stages_s"]) == {"prepare", "vae", "distill"}  # seconds kept, lent marked
+
+
 def test_ablation_table_copies_values() -> None:
     ablation = _load("ablation_table")
     ci = {"balanced_accuracy": [0.55, 0.65], "malignant_auroc": [0.8, 0.9]}
