@@ -42,6 +42,7 @@ from dermae.deploy.export import ProbabilityModel, export_onnx
 from dermae.deploy.images import uint8_to_input
 from dermae.deploy.quantize import latency_stats, timing_key
 from dermae.deploy.runtime import make_session
+from dermae.engine.checkpoint import load_config_json
 
 DEFAULT_ARCHS = ("efficientnet_b0", "mobilenetv3_large_100", "vit_tiny_patch16_224")
 DEFAULT_SIZES = (64, 224)
@@ -83,11 +84,16 @@ def count_flops(model: torch.nn.Module, size: int) -> int:
     return int(counter.get_total_flops())
 
 
-def load_split_images(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Prepared dataset (dermae.data.prepared) -> {split: (float images, labels)}, real rows."""
+def load_split_images(
+    run_dir: Path, size: int | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Prepared dataset (dermae.data.prepared) -> {split: (float images, labels)}, real rows,
+    at `size` px (None: the data's size; another is cached from the source files)."""
     from dermae.data.prepared import load_prepared
 
     data = load_prepared(run_dir, with_synthetic=False)
+    if size is not None:
+        data = data.at_size(size, progress=False)
     out = {}
     for split in ("train", "val", "test"):
         rows = data.rows(split)
@@ -348,7 +354,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         Path(args.render).with_suffix(".md").write_text(markdown(report["results"], report["meta"]))
         return report
 
-    data = load_split_images(Path(args.run_dir)) if args.run_dir else None
+    data_at: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+
+    def data_for(checkpoint: Path) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+        """The labelled splits at the checkpoint's own size (a 128-px student on a 64-px run)."""
+        if not args.run_dir:
+            return None
+        size = int(load_config_json(checkpoint)["image_size"])
+        if size not in data_at:
+            data_at[size] = load_split_images(Path(args.run_dir), size)
+        return data_at[size]
+
     gflops = matmul_gflops(args.threads)
     results = []
     with tempfile.TemporaryDirectory(prefix="dermae-bench-") as tmp:
@@ -366,7 +382,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name, path in models:
             print(f"benchmarking {name} ...", flush=True)
             result = bench_model(
-                name, path, work, args.threads, args.repeats, args.throughput_batch, gflops, data
+                name,
+                path,
+                work,
+                args.threads,
+                args.repeats,
+                args.throughput_batch,
+                gflops,
+                data_for(path),
             )
             results.append(result)
             print(json.dumps(result["runners"], indent=1), flush=True)

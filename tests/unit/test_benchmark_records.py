@@ -394,3 +394,17 @@ def test_kd_fit_gives_each_model_the_same_rows_at_its_own_size(tmp_path: Path) -
     assert [at_16[i]["label"] for i in range(len(at_16))] == [
         at_32[i]["label"] for i in range(len(at_32))
     ]
+
+
+def test_inference_benchmark_scores_a_checkpoint_at_its_own_size(tmp_path: Path) -> None:
+    from tests.helpers.tiny_data import make_prepared
+
+    script = _load("bench_inference")
+    make_prepared(tmp_path, n_per_class=3, size=16, source_size=40)
+    at_data = script.load_split_images(tmp_path)
+    at_32 = script.load_split_images(tmp_path, 32)
+    for split in ("train", "val", "test"):
+        assert at_data[split][0].shape[-2:] == (16, 16)
+        assert at_32[split][0].shape[-2:] == (32, 32)
+        assert len(at_32[split][0]) == len(at_data[split][0])
+        np.testing.assert_array_equal(at_32[split][1], at_data[split][1])
