@@ -16,7 +16,12 @@ from dermae.classify.model import (
 )
 from dermae.data.classes import HAM10000_CLASSES
 from dermae.deploy.export import export_onnx
-from dermae.deploy.quantize import DEFAULT_VARIANTS, classification_metrics
+from dermae.deploy.quantize import (
+    DEFAULT_VARIANTS,
+    INT8_MIN_SPEEDUP,
+    classification_metrics,
+    recommend,
+)
 from dermae.deploy.runtime import make_session, run_probs
 
 SIZE = 32
@@ -209,3 +214,11 @@ def test_classification_metrics_against_hand_values():
     assert m["balanced_accuracy"] == pytest.approx((1 + 1 + 0.5) / 3)
     # risk of class 2: [0, .1, .8, .1]; malignant = rows 2, 3 -> AUROC = (1 + 0.75) / 2
     assert m["malignant_auroc"] == pytest.approx(0.875)
+
+
+def test_int8_is_recommended_only_when_acceptable_and_clearly_faster() -> None:
+    assert recommend(fp32_ms=2.0, int8_ms=1.0, accepted=True) == "int8"
+    assert recommend(fp32_ms=2.0, int8_ms=1.0, accepted=False) == "fp32"
+    # A lead inside timing noise (BENCHMARKS section 40) keeps the exact fp32 model.
+    assert recommend(fp32_ms=1.05, int8_ms=1.0, accepted=True) == "fp32"
+    assert recommend(fp32_ms=INT8_MIN_SPEEDUP, int8_ms=1.0, accepted=True) == "int8"

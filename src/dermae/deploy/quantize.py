@@ -25,8 +25,9 @@ validation images. The default choice is the fastest variant whose validation
 balanced accuracy is within `max_balanced_acc_drop` of fp32. If none is, the variant
 with the highest top-1 agreement with fp32 is kept. It is written as
 model.int8.onnx and the whole table goes to quantization_report.json; only an
-acceptable variant that beats fp32 is `recommended: "int8"` (predictors and the
-server load the recommended model), otherwise the report says "fp32".
+acceptable variant at least `INT8_MIN_SPEEDUP` times as fast as fp32 is
+`recommended: "int8"` (predictors and the server load the recommended model),
+otherwise the report says "fp32".
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ from dermae.deploy.spec import INPUT_NAME
 from dermae.metrics import scalar_metrics
 
 REPORT_FILE = "quantization_report.json"
+# int8 costs some accuracy, and a 20-repeat timing flips a smaller lead between runs
+# (BENCHMARKS section 40: 1.28 against 1.10 ms in the benchmark, int8 "faster" in export).
+INT8_MIN_SPEEDUP = 1.1
 INT8_FILE = "model.int8.onnx"
 COMPUTE_OPS = ["Conv", "MatMul", "Gemm"]
 
@@ -377,10 +381,16 @@ def quantize_model(
             int8_ms = report["variants"][chosen]["latency_b1"][key]
             report["int8_file"] = INT8_FILE
             report["speedup_vs_fp32_b1"] = fp32_ms / int8_ms
-            if int8_ms < fp32_ms and report["variants"][chosen]["accepted"]:
-                report["recommended"] = "int8"
+            report["recommended"] = recommend(
+                fp32_ms, int8_ms, bool(report["variants"][chosen]["accepted"])
+            )
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
     return report
+
+
+def recommend(fp32_ms: float, int8_ms: float, accepted: bool) -> str:
+    """int8 when the chosen variant is acceptable and clearly faster, else fp32."""
+    return "int8" if accepted and fp32_ms >= INT8_MIN_SPEEDUP * int8_ms else "fp32"
 
 
 def _describe(spec: dict[str, Any]) -> dict[str, Any]:
