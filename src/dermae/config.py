@@ -304,6 +304,8 @@ class ExportConfig:
     int8_variant: str = "auto"
     int8_variants: tuple[str, ...] = ()  # () = dermae.deploy.quantize.DEFAULT_VARIANTS
     max_balanced_acc_drop: float = 0.005
+    # ...and gives fp32's top class on at least this share of validation images
+    min_top1_agreement: float = 0.95
     threshold_specificity: float = 0.9  # used only when the checkpoint holds no threshold
     timing_threads: int = 1  # 1: compare variants by CPU time, robust to a busy machine
     parity_images: int = 32
@@ -545,6 +547,7 @@ UNIT_FLOAT_KEYS = frozenset(
     {
         "val_frac",
         "test_frac",
+        "min_top1_agreement",
         "synthetic_ratio",
         "min_lr_ratio",
         "ema_decay",

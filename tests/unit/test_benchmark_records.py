@@ -408,3 +408,18 @@ def test_inference_benchmark_scores_a_checkpoint_at_its_own_size(tmp_path: Path)
         assert at_32[split][0].shape[-2:] == (32, 32)
         assert len(at_32[split][0]) == len(at_data[split][0])
         np.testing.assert_array_equal(at_32[split][1], at_data[split][1])
+
+
+def test_inference_table_states_the_int8_rule_and_both_agreements() -> None:
+    from dermae.deploy.quantize import acceptance_rule
+
+    script = _load("bench_inference")
+    saved = json.loads((BENCHMARKS / "results/phone_student_128px.json").read_text())
+    result = {**saved["results"][0], "int8_acceptance": acceptance_rule(0.005, 0.95, True)}
+    text = script.markdown([result], saved["meta"])
+    assert "Accepted: validation balanced accuracy drop <= 0.005 and top-1 agreement" in text
+    chosen = next(line for line in text.splitlines() if "qoperator_pct (chosen)" in line)
+    variant = result["int8_variants"]["qoperator_pct"]
+    val_share = f"{100 * variant['val_top1_agreement_vs_fp32']:.1f}%"
+    test_share = f"{100 * variant['test_top1_agreement_vs_fp32']:.1f}%"
+    assert f"| {val_share} | {test_share} |" in chosen

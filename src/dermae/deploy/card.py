@@ -154,6 +154,10 @@ def _quant_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
         "recommended_model": report.get("recommended"),
         "speedup_vs_fp32_b1": report.get("speedup_vs_fp32_b1"),
         "test_delta_vs_fp32": chosen.get("test", {}).get("delta_vs_fp32"),
+        "accepted": chosen.get("accepted"),
+        "acceptance_rule": report.get("selection", {}).get("acceptable"),
+        "val_top1_agreement_vs_fp32": chosen.get("val", {}).get("top1_agreement_vs_fp32"),
+        "test_top1_agreement_vs_fp32": chosen.get("test", {}).get("top1_agreement_vs_fp32"),
     }
 
 
@@ -232,6 +236,19 @@ def render_markdown(card: dict[str, Any]) -> str:
                 f"{k} {v:+.4f}" for k, v in quant["test_delta_vs_fp32"].items() if v is not None
             )
             lines.append(f"- int8 change vs fp32 on the test split: {deltas}.")
+        if quant.get("acceptance_rule"):
+            verdict = "meets" if quant.get("accepted") else "does NOT meet"
+            lines.append(f"- The int8 model {verdict} the rule: {quant['acceptance_rule']}.")
+        shares = [
+            f"{100 * quant[key]:.1f} % of {split} images"
+            for key, split in (
+                ("val_top1_agreement_vs_fp32", "validation"),
+                ("test_top1_agreement_vs_fp32", "test"),
+            )
+            if quant.get(key) is not None
+        ]
+        if shares:
+            lines.append(f"- int8 gives fp32's top class on {' and '.join(shares)}.")
     site = card.get("site_calibration")
     if site:
         target = site["target"]

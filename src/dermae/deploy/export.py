@@ -29,7 +29,7 @@ from torch import nn
 from dermae.classify.model import Classifier, load_classifier
 from dermae.deploy.card import build_card, write_card
 from dermae.deploy.images import as_model_input
-from dermae.deploy.quantize import DEFAULT_VARIANTS, quantize_model
+from dermae.deploy.quantize import DEFAULT_VARIANTS, MIN_TOP1_AGREEMENT, quantize_model
 from dermae.deploy.runtime import make_session, run_probs
 from dermae.deploy.spec import (
     INPUT_NAME,
@@ -116,6 +116,7 @@ def export_onnx(
     max_calibration_images: int = 256,
     parity_count: int = 32,
     max_balanced_acc_drop: float = 0.005,
+    min_top1_agreement: float = MIN_TOP1_AGREEMENT,
     threads: int | None = None,
     timing_repeats: int = 30,
 ) -> Path:
@@ -216,6 +217,7 @@ def export_onnx(
             variants=int8_variants,
             choose=int8_variant,
             max_balanced_acc_drop=max_balanced_acc_drop,
+            min_top1_agreement=min_top1_agreement,
             threads=threads,
             timing_repeats=timing_repeats,
         )
@@ -301,6 +303,7 @@ def export_run(
         max_calibration_images=ecfg.calibration_images,
         parity_count=ecfg.parity_images,
         max_balanced_acc_drop=ecfg.max_balanced_acc_drop,
+        min_top1_agreement=ecfg.min_top1_agreement,
         threads=ecfg.timing_threads,
     )
 

@@ -22,8 +22,9 @@ static and dynamic quantization of conv nets both need):
 Each variant is timed at batch 1 on this CPU (interleaved, so background load hits
 all alike; with one thread, by the thread's CPU time) and scored against fp32 on
 validation images. The default choice is the fastest variant whose validation
-balanced accuracy is within `max_balanced_acc_drop` of fp32. If none is, the variant
-with the highest top-1 agreement with fp32 is kept. It is written as
+balanced accuracy is within `max_balanced_acc_drop` of fp32 and which gives fp32's
+top class on at least `MIN_TOP1_AGREEMENT` of them. If none is, the variant with the
+highest top-1 agreement with fp32 is kept. It is written as
 model.int8.onnx and the whole table goes to quantization_report.json; only an
 acceptable variant at least `INT8_MIN_SPEEDUP` times as fast as fp32 is
 `recommended: "int8"` (predictors and the server load the recommended model),
@@ -60,6 +61,10 @@ REPORT_FILE = "quantization_report.json"
 # int8 costs some accuracy, and a 20-repeat timing flips a smaller lead between runs
 # (BENCHMARKS section 40: 1.28 against 1.10 ms in the benchmark, int8 "faster" in export).
 INT8_MIN_SPEEDUP = 1.1
+# Balanced accuracy alone let through int8 models that change the top class of 11 % of
+# images (BENCHMARKS section 41): a few small classes hide such churn. Good variants agree
+# 97-99 % (resnet10t, efficientnet_b0, mobilenetv3 at 64 px).
+MIN_TOP1_AGREEMENT = 0.95
 INT8_FILE = "model.int8.onnx"
 COMPUTE_OPS = ["Conv", "MatMul", "Gemm"]
 
@@ -301,7 +306,7 @@ def quantize_model(
     variants: Sequence[str] = DEFAULT_VARIANTS,
     choose: str = "auto",
     max_balanced_acc_drop: float = 0.005,
-    min_top1_agreement: float = 0.9,
+    min_top1_agreement: float = MIN_TOP1_AGREEMENT,
     threads: int | None = None,
     timing_repeats: int = 30,
 ) -> dict[str, Any]:
@@ -309,8 +314,9 @@ def quantize_model(
 
     Splits keep their roles: `calibration_images` (train or val) set activation ranges;
     `val_*` decide which variant is acceptable (balanced accuracy within
-    `max_balanced_acc_drop` of fp32; without labels, top-1 agreement with fp32 on the
-    calibration images); `test_*` are only measured and reported, never used to choose.
+    `max_balanced_acc_drop` of fp32 and top-1 agreement with fp32 >= `min_top1_agreement`;
+    without labels, the agreement alone, on the calibration images); `test_*` are only
+    measured and reported, never used to choose.
     `choose` = "auto" (fastest acceptable variant) or a variant name.
     """
     fp32_path = Path(fp32_path)
@@ -328,10 +334,8 @@ def quantize_model(
         "selection": {
             "rule": "fastest at batch 1 among acceptable variants",
             "timing": timing_key(threads),
-            "acceptable": (
-                f"validation balanced accuracy drop <= {max_balanced_acc_drop}"
-                if val_labels is not None
-                else f"top-1 agreement with fp32 >= {min_top1_agreement} on calibration images"
+            "acceptable": acceptance_rule(
+                max_balanced_acc_drop, min_top1_agreement, labelled=val_labels is not None
             ),
         },
         "threads": threads,
@@ -397,11 +401,21 @@ def _describe(spec: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.name if hasattr(v, "name") else v) for k, v in spec.items()}
 
 
-def _acceptable(entry: dict[str, Any], max_drop: float, min_agreement: float) -> bool:
+def acceptance_rule(max_drop: float, min_agreement: float, labelled: bool) -> str:
+    """The acceptance rule in words, as the report and the benchmark tables state it."""
+    agreement = f"top-1 agreement with fp32 >= {min_agreement:g}"
+    if labelled:
+        return f"validation balanced accuracy drop <= {max_drop:g} and {agreement}"
+    return f"{agreement} on calibration images"
+
+
+def acceptable(entry: dict[str, Any], max_drop: float, min_agreement: float) -> bool:
+    """Whether a variant's `val` scores (from `score_models`) meet the acceptance rule."""
     val = entry.get("val", {})
+    agrees = val.get("top1_agreement_vs_fp32", 1.0) >= min_agreement - 1e-12
     if "delta_vs_fp32" in val:
-        return -val["delta_vs_fp32"]["balanced_accuracy"] <= max_drop + 1e-12
-    return val.get("top1_agreement_vs_fp32", 1.0) >= min_agreement
+        return agrees and -val["delta_vs_fp32"]["balanced_accuracy"] <= max_drop + 1e-12
+    return agrees
 
 
 def _choose(
@@ -413,7 +427,7 @@ def _choose(
 ) -> str | None:
     built = [v for v in variants if "latency_b1" in report["variants"].get(v, {})]
     for v in built:
-        report["variants"][v]["accepted"] = _acceptable(
+        report["variants"][v]["accepted"] = acceptable(
             report["variants"][v], max_drop, min_agreement
         )
     if choose != "auto":
@@ -434,14 +448,19 @@ def _choose(
 __all__ = [
     "DEFAULT_VARIANTS",
     "INT8_FILE",
+    "INT8_MIN_SPEEDUP",
+    "MIN_TOP1_AGREEMENT",
     "REPORT_FILE",
     "VARIANTS",
     "ImageCalibrationReader",
+    "acceptable",
+    "acceptance_rule",
     "build_variant",
     "classification_metrics",
     "float_nodes",
     "preprocess_for_quantization",
     "quantize_model",
+    "recommend",
     "score_models",
     "time_sessions",
     "timing_key",
