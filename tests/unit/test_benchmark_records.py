@@ -423,3 +423,39 @@ def test_inference_table_states_the_int8_rule_and_both_agreements() -> None:
     val_share = f"{100 * variant['val_top1_agreement_vs_fp32']:.1f}%"
     test_share = f"{100 * variant['test_top1_agreement_vs_fp32']:.1f}%"
     assert f"| {val_share} | {test_share} |" in chosen
+
+
+def test_validation_curves_find_the_best_step_and_compare_the_last_windows(
+    tmp_path: Path,
+) -> None:
+    script = _load("validation_curves")
+    falling = tmp_path / "b" / "model"
+    falling.mkdir(parents=True)
+    (falling / "config.json").write_text(json.dumps({"loss": "balanced_sampler"}))
+    train = tmp_path / "b" / "balanced_sampler" / "train"
+    train.mkdir(parents=True)
+    scores = {100: 0.5, 200: 0.7, 300: 0.6, 400: 0.55}  # best at 200, then falling
+    rows = [{"step": s, "loss": 1.0} for s in range(10, 401, 10)]
+    rows += [{"step": s, "val_balanced_accuracy": v} for s, v in scores.items()]
+    (train / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    rising = tmp_path / "d" / "train"
+    rising.mkdir(parents=True)
+    (rising / "metrics.jsonl").write_text(
+        "\n".join(json.dumps({"step": s, "val_balanced_accuracy": s / 1000}) for s in (100, 200))
+    )
+    out = tmp_path / "curves.json"
+    result = script.main(
+        ["--recipe", f"b={falling}", "--recipe", f"d={rising.parent}", "--window", "200"]
+        + ["--out", str(out)]
+    )
+    b = result["recipes"]["b"]["models"][0]
+    assert (b["best_step"], b["best"], b["last_step"]) == (200, 0.7, 400)
+    assert b["late_mean"] == pytest.approx((0.6 + 0.55) / 2)
+    assert b["early_mean"] == pytest.approx((0.5 + 0.7) / 2)
+    assert b["still_rising"] is False
+    d = result["recipes"]["d"]["models"][0]
+    assert d["early_mean"] is None and d["still_rising"] is False  # no window before the last
+    assert json.loads(out.read_text())["recipes"]["b"]["still_rising"] == 0
+    assert Path(result["plot"]).stat().st_size > 0
+    with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
+        script.metrics_log(tmp_path / "nowhere")
