@@ -36,19 +36,11 @@ from dermae.data.prepared import load_prepared
 from dermae.evaluate.ablation_text import PAIRED
 from dermae.evaluate.paired import ROC_SENSITIVITY, paired_metric_fn
 from dermae.evaluate.run import model_targets
-from dermae.evaluate.seeds import seed_paired
+from dermae.evaluate.seeds import recipe_argument, seed_paired
 
 SPLITS = ("val", "test")
 SHOWN = ("balanced_accuracy", "malignant_auroc", ROC_SENSITIVITY, "macro_auroc")
 CHOOSE_ON = "balanced_accuracy"
-
-
-def _recipe(text: str) -> tuple[str, list[Path]]:
-    name, sep, folders = text.partition("=")
-    paths = [Path(f) for f in folders.split(",") if f]
-    if not sep or not name or not paths:
-        raise argparse.ArgumentTypeError(f"expected NAME=folder,folder,..., got '{text}'")
-    return name, paths
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -190,10 +182,10 @@ def table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="the run whose prepared splits are scored")
-    parser.add_argument("--recipe", type=_recipe, action="append", required=True)
+    parser.add_argument("--recipe", type=recipe_argument, action="append", required=True)
     parser.add_argument("--reference", required=True, help="the recipe the others are paired with")
     parser.add_argument(
-        "--bar", type=_recipe, action="append", default=[], help="paired too, never chosen"
+        "--bar", type=recipe_argument, action="append", default=[], help="paired too, never chosen"
     )
     parser.add_argument(
         "--decision",

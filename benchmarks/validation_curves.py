@@ -24,15 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from dermae.evaluate.seeds import recipe_argument
+
 METRIC = "val_balanced_accuracy"
-
-
-def _recipe(text: str) -> tuple[str, list[Path]]:
-    name, sep, folders = text.partition("=")
-    paths = [Path(f) for f in folders.split(",") if f]
-    if not sep or not name or not paths:
-        raise argparse.ArgumentTypeError(f"expected NAME=folder,folder,..., got '{text}'")
-    return name, paths
 
 
 def metrics_log(folder: Path) -> Path:
@@ -113,7 +107,7 @@ def plot(curves: dict[str, list[list[tuple[int, float]]]], out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--recipe", type=_recipe, action="append", required=True)
+    parser.add_argument("--recipe", type=recipe_argument, action="append", required=True)
     parser.add_argument("--window", type=int, default=500, help="steps per window")
     parser.add_argument("--out", type=Path, required=True, help="JSON; the PNG goes beside it")
     args = parser.parse_args(argv)

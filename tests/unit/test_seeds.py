@@ -1,5 +1,6 @@
 """Several seeds per recipe: means over seeds, intervals that redraw seeds, the verdict."""
 
+import argparse
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from dermae.config import ConfigError, fingerprint_tree, load_config
 from dermae.evaluate import ablation
 from dermae.evaluate.ablation_text import ablation_markdown, seed_verdict, seeds_line
 from dermae.evaluate.paired import paired_metric_fn
-from dermae.evaluate.seeds import seed_paired
+from dermae.evaluate.seeds import recipe_argument, seed_paired
 
 
 def test_seed_paired_compares_means_over_seeds_and_redraws_seeds() -> None:
@@ -229,3 +230,12 @@ def test_seed_models_train_c_at_every_seed_when_asked(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="ablate.seed_variants"):
         load_config(None, ["ablate.seed_variants=[e]"])
     assert "seed_variants" not in fingerprint_tree(load_config(None, []))["ablate"]
+
+
+def test_a_recipe_argument_is_a_name_and_one_folder_per_seed() -> None:
+    name, folders = recipe_argument("b128=runs/x/b/model,runs/x/seeds/b1/model,")
+    assert name == "b128"
+    assert folders == [Path("runs/x/b/model"), Path("runs/x/seeds/b1/model")]
+    for bad in ("runs/x/b/model", "=runs/x", "b128="):
+        with pytest.raises(argparse.ArgumentTypeError, match="NAME=folder"):
+            recipe_argument(bad)

@@ -13,11 +13,22 @@ over seeds, with two intervals:
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dermae.evaluate.bootstrap import MetricFn, bootstrap_distribution, percentile_interval
+
+
+def recipe_argument(text: str) -> tuple[str, list[Path]]:
+    """`NAME=folder,folder,...` (one model folder per seed), as the seed scripts take it."""
+    name, sep, folders = text.partition("=")
+    paths = [Path(f) for f in folders.split(",") if f]
+    if not sep or not name or not paths:
+        raise argparse.ArgumentTypeError(f"expected NAME=folder,folder,..., got '{text}'")
+    return name, paths
 
 
 def _interval(values: np.ndarray) -> list[float] | None:
