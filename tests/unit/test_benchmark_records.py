@@ -408,6 +408,11 @@ def test_inference_benchmark_scores_a_checkpoint_at_its_own_size(tmp_path: Path)
         assert at_32[split][0].shape[-2:] == (32, 32)
         assert len(at_32[split][0]) == len(at_data[split][0])
         np.testing.assert_array_equal(at_32[split][1], at_data[split][1])
+    # Same images, not just same shapes: 32 px pooled 2x2 is the 16-px cache, to within
+    # resampling (about 0.005 here, against about 0.06 between different images).
+    small, large = at_data["train"][0], at_32["train"][0]
+    pooled = large.reshape(*large.shape[:2], 16, 2, 16, 2).mean(axis=(3, 5))
+    assert np.abs(pooled - small).mean() < 0.2 * np.abs(small - np.roll(small, 1, axis=0)).mean()
 
 
 def test_inference_table_states_the_int8_rule_and_both_agreements() -> None:
