@@ -164,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_serve)
 
     p = sub.add_parser(
+        "prune", help="free disk: drop the optimizer state of a run's finished trainings"
+    )
+    p.add_argument("run_dir", type=Path, help="a run folder (a config's run_dir)")
+    p.add_argument("--dry-run", action="store_true", help="list what would go; delete nothing")
+    p.set_defaults(handler=_prune)
+
+    p = sub.add_parser(
         "calibrate", help="re-choose an export's malignant threshold on a labelled site slice"
     )
     p.add_argument("--model", required=True, type=Path, help="export folder (dermae export)")
@@ -250,6 +257,10 @@ def _calibrate(args: argparse.Namespace) -> Any:
         seed=args.seed,
         out=args.out,
     )
+
+
+def _prune(args: argparse.Namespace) -> Any:
+    return _lazy("dermae.engine.prune:prune_command")(args.run_dir, dry_run=args.dry_run)
 
 
 def _serve(args: argparse.Namespace) -> Any:

@@ -62,8 +62,25 @@ def test_mae_pretraining_defaults_to_the_mae_betas():
     "opt, key, expected", [("adamw", "betas", [0.9, 0.95]), ("sgd", "momentum", 0.9)]
 )
 def test_fit_builds_the_configured_optimizer(tmp_path, opt, key, expected):
-    cfg = TrainConfig(max_steps=2, batch_size=8, opt=opt, betas=(0.9, 0.95), weight_decay=0.01)
-    fit(RegressionTask(), PointsDataset(), cfg, tmp_path, desc="t")
+    cfg = TrainConfig(
+        max_steps=2, ckpt_every=1, batch_size=8, opt=opt, betas=(0.9, 0.95), weight_decay=0.01
+    )
+
+    class Stopped(Exception):
+        pass
+
+    def stop_after_first_checkpoint(step: int) -> None:
+        raise Stopped  # an unfinished training keeps its optimizer state
+
+    with pytest.raises(Stopped):
+        fit(
+            RegressionTask(),
+            PointsDataset(),
+            cfg,
+            tmp_path,
+            desc="t",
+            on_step=stop_after_first_checkpoint,
+        )
     saved = torch.load(tmp_path / "checkpoint" / "training_state" / "optimizer.pt")
     group = saved["param_groups"][0]
     value = list(group[key]) if key == "betas" else group[key]

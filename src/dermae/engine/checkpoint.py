@@ -27,6 +27,8 @@ from torch import nn
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_DIR = "training_state"
+STATE_FILE = "state.json"
+OPTIMIZER_FILE = "optimizer.pt"
 NO_RESUME_HINT = "rerun with --no-resume to train afresh"
 
 
@@ -190,7 +192,7 @@ def _rng_file(rank: int) -> str:
 
 def save_training_state(
     directory: Path,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     progress: dict[str, Any],
     extra_modules: dict[str, nn.Module] | None = None,
     rng_states: list[tuple[dict[str, Any], dict[str, torch.Tensor]]] | None = None,
@@ -198,15 +200,19 @@ def save_training_state(
     """Write optimizer, RNG and progress into `directory/training_state` (caller commits).
 
     `rng_states` holds one `rng_state()` per process (index = rank); default: this process's.
+    `optimizer` None: a finished training, whose `progress` must say `finished`.
     """
+    if optimizer is None and not progress.get("finished"):
+        raise ValueError("only a finished training may be saved without its optimizer state")
     state_dir = Path(directory) / STATE_DIR
     state_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(optimizer.state_dict(), state_dir / "optimizer.pt")
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), state_dir / OPTIMIZER_FILE)
     rng_states = rng_states or [rng_state()]
     for rank, (_, tensors) in enumerate(rng_states):
         save_file(tensors, str(state_dir / _rng_file(rank)))
     meta = {"progress": progress, "rng": [m for m, _ in rng_states]}
-    (state_dir / "state.json").write_text(json.dumps(meta))
+    (state_dir / STATE_FILE).write_text(json.dumps(meta))
     for name, module in (extra_modules or {}).items():
         save_file(_contiguous_state(module), str(state_dir / f"{name}.safetensors"))
 
@@ -225,11 +231,14 @@ def load_training_state(
     Any unreadable file raises `CheckpointError` naming it (never a bare torch traceback).
     """
     state_dir = Path(directory) / STATE_DIR
-    path = state_dir / "optimizer.pt"
-    try:
-        optimizer.load_state_dict(torch.load(path, weights_only=True))
-    except Exception as err:  # EOF, unpickling, wrong param groups: all mean "damaged"
-        raise _damaged(path, err) from err
+    progress = read_progress(directory)
+    path = state_dir / OPTIMIZER_FILE
+    # A finished training keeps no optimizer state (see `fit`, `dermae prune`).
+    if path.exists() or not progress.get("finished"):
+        try:
+            optimizer.load_state_dict(torch.load(path, weights_only=True))
+        except Exception as err:  # EOF, unpickling, wrong param groups: all mean "damaged"
+            raise _damaged(path, err) from err
     for name, module in (extra_modules or {}).items():
         path = state_dir / f"{name}.safetensors"
         check_safetensors(path)
@@ -237,10 +246,15 @@ def load_training_state(
             module.load_state_dict(load_file(str(path)))
         except RuntimeError as err:
             raise _damaged(path, err) from err
-    path = state_dir / "state.json"
+    return progress
+
+
+def read_progress(directory: Path) -> dict[str, Any]:
+    """The saved progress (step, best, seconds, finished) of a checkpoint folder."""
+    path = Path(directory) / STATE_DIR / STATE_FILE
     try:
         return json.loads(path.read_text())["progress"]
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise _damaged(path, err) from err
 
 

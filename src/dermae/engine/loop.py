@@ -16,7 +16,8 @@ the python/numpy/torch RNG states are restored from the checkpoint.
 Resume only happens when the checkpoint's fingerprint (settings: the train config and the
 caller's `run_config`; the training data; the model's architecture; `upstream` artifacts)
 matches this call's; otherwise the loop says why in one line and trains afresh. A damaged
-checkpoint is a `CheckpointError` naming the file, never a torch traceback.
+checkpoint is a `CheckpointError` naming the file, never a torch traceback. The last
+checkpoint of a finished training holds no optimizer state: it is only ever reused.
 
 With a `select_metric`, every evaluation that beats the best score so far writes `best/`;
 `TrainConfig.select` says which weights the loop hands back: `best` (those) or `last` (the
@@ -386,8 +387,17 @@ def fit(
         write_model_files(tmp, _weights_of(trainable), stage_config)
         extra = {"ema": _weights_of(ema.module)} if ema is not None else None
         seconds = earlier_seconds + time.time() - started
-        progress = {"step": step, "best": best, "last_eval": last_eval, "seconds": seconds}
-        save_training_state(tmp, optimizer, progress, extra, rng_states)
+        progress = {
+            "step": step,
+            "best": best,
+            "last_eval": last_eval,
+            "seconds": seconds,
+            "finished": step >= n_steps,
+        }
+        # A finished training is only ever reused, never continued (a longer budget changes
+        # the fingerprint and trains afresh), so its optimizer state would be dead weight.
+        kept_optimizer = None if progress["finished"] else optimizer
+        save_training_state(tmp, kept_optimizer, progress, extra, rng_states)
         replace_dir(tmp, ckpt_dir)  # rank 0 alone: no collective here
 
     def run_eval() -> dict[str, float]:
