@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -123,6 +124,41 @@ def generator_record(run_dir: Path) -> dict[str, Any]:
     return record
 
 
+def describe_machine(cpuinfo: str, meminfo: str, cores: int | None) -> str:
+    """'2 cores AMD EPYC (AVX-512, bf16 without AMX), 24 GB, no GPU' from /proc text.
+
+    The generator's speed hangs on the bf16 path (AMX against AVX-512 BF16 against none:
+    BENCHMARKS.md sections 18 and 42), so the record names it instead of assuming one.
+    """
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    flags_line = re.search(r"^flags\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    flags = set(flags_line.group(1).split()) if flags_line else set()
+    if "amx_bf16" in flags:
+        bf16 = "bf16 by AMX"
+    elif "avx512_bf16" in flags:
+        bf16 = "bf16 by AVX-512 BF16, no AMX"
+    else:
+        bf16 = "no bf16 instructions"
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    memory = re.search(r"^MemTotal:\s*(\d+) kB", meminfo, re.MULTILINE)
+    gigabytes = f"{int(memory.group(1)) / 2**20:.0f} GB" if memory else "memory unknown"
+    name = model.group(1).strip() if model else "unknown CPU"
+    return f"{cores or '?'} cores {name} ({vector}, {bf16}), {gigabytes}"
+
+
+def this_machine() -> str:
+    """`describe_machine` of the machine running this script (no GPU check: CPU records)."""
+
+    def read(path: str) -> str:
+        try:
+            return Path(path).read_text()
+        except OSError:
+            return ""
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return describe_machine(read("/proc/cpuinfo"), read("/proc/meminfo"), cores)
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -165,7 +201,7 @@ def main() -> None:
     parser.add_argument("--uptime-after", type=Path)
     parser.add_argument("--command", default="dermae run -c configs/cpu-full.yaml")
     parser.add_argument(
-        "--machine", default="2 cores x86-64 (AVX-512, AMX), 24 GB, no GPU; nothing else running"
+        "--machine", help="what ran it (default: read from /proc: cores, CPU, bf16 path, memory)"
     )
     parser.add_argument("--commit", help="the commit the run used (default: HEAD)")
     args = parser.parse_args()
@@ -180,7 +216,7 @@ def main() -> None:
         args.run_dir,
         args.log,
         args.command,
-        args.machine,
+        args.machine or this_machine(),
         read(args.uptime_before),
         read(args.uptime_after),
         args.commit or git_commit(),

@@ -61,6 +61,21 @@ def test_log_without_time_output_is_refused() -> None:
         _load("run_record").parse_time_log("[dermae] pipeline finished in 5 s\n")
 
 
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ("fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile", "(AVX-512, bf16 by AMX)"),
+        ("fpu avx2 avx512f avx512_bf16 avx512_vnni", "(AVX-512, bf16 by AVX-512 BF16, no AMX)"),
+        ("fpu avx2 fma", "(AVX2, no bf16 instructions)"),
+    ],
+)
+def test_machine_names_the_bf16_path(flags: str, expected: str) -> None:
+    cpuinfo = f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n"
+    meminfo = "MemTotal:       24683716 kB\nMemFree: 1 kB\n"
+    text = _load("run_record").describe_machine(cpuinfo, meminfo, 2)
+    assert text == f"2 cores AMD EPYC {expected}, 24 GB"
+
+
 def test_record_reads_marks_and_generator(tmp_path: Path) -> None:
     record = _load("run_record")
     run = tmp_path / "run"
