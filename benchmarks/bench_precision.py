@@ -72,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     record: dict = {
-        "command": f"python benchmarks/bench_precision.py --out {args.out}",
+        "command": f"python benchmarks/bench_precision.py --steps {args.steps} --out {args.out}",
         "cpu": cpu_name(),
         "native_bf16": cpu_has_native_bf16(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
