@@ -10,9 +10,9 @@ the mean validation score over the last `--window` steps against the window befo
         --recipe d128=runs/x/student/model,runs/x/ablate/seeds/d_seed_plus_1/model \\
         --out benchmarks/results/x_validation_curves.json
 
-A folder is a model folder (`.../model`, whose training is in the sibling `train/`), a training
-folder, or, for (b) trained under both losses, the `b_simple_fix` folder (the chosen loss's
-`train/` is read, as named by its model's config). Writes the JSON and a PNG of the curves.
+A folder is a model folder (`.../model`, whose training is in the sibling `train/`; for a (b)
+trained under both losses, the chosen loss's `<loss>/train/`, as named by the model's config)
+or a training folder. Writes the JSON and a PNG of the curves.
 """
 
 from __future__ import annotations
