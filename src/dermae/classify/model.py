@@ -20,6 +20,7 @@ from timm.optim._param_groups import auto_group_layers
 from torch import nn
 
 from dermae.data.transforms import MEAN, STD, normalize
+from dermae.engine.attention import plain_attention_on_cpu
 from dermae.engine.checkpoint import load_config_json, load_weights, save_model
 
 # Normalisation layers that timm ViTs may add on top of what a backbone holds.
@@ -68,6 +69,7 @@ class Classifier(nn.Module):
         self.net = create_timm_model(
             config["arch"], config["num_classes"], config["image_size"], **config["model_kwargs"]
         ).to(memory_format=torch.channels_last)
+        plain_attention_on_cpu(self.net)  # ViTs: the fused CPU kernel is the slow one here
         self.register_buffer(
             "mean", torch.tensor(config["mean"]).view(1, 3, 1, 1), persistent=False
         )

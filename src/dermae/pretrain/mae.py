@@ -22,6 +22,7 @@ from torch import nn
 
 from dermae.config import MAEConfig
 from dermae.data.transforms import MEAN, STD
+from dermae.engine.attention import plain_attention_on_cpu
 
 # Short names -> (timm architecture, kwargs overriding it). Patch 8 keeps 64-px images at 8x8
 # tokens; the GPU configs use the paper's ViT-H/14 at 224 px.
@@ -122,6 +123,7 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, self.patch_size**2 * 3)
         self._init_decoder()
+        plain_attention_on_cpu(self)  # the fused CPU kernel is the slow one at these lengths
 
     def _init_decoder(self) -> None:
         nn.init.normal_(self.mask_token, std=0.02)
