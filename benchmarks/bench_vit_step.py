@@ -10,6 +10,8 @@ channels_last weights), the teacher's timm options (avg pooling with fc_norm, dr
 timm's layer-decay AdamW, gradient clipping and Accelerate's autocast. Each variant is timed
 in fp32 and in bf16 (median of `--steps` steps after one warm-up, batch 64 at 64 px, 2
 threads); `--profile` adds torch.profiler's top operators of the full step in both precisions.
+Every variant sets timm's `fused_attn` explicitly (the pipeline turns it off on a CPU,
+`dermae.engine.attention`); the last ones compare the plain path, also for the MAE step.
 """
 
 from __future__ import annotations
@@ -29,11 +31,20 @@ from accelerate.state import AcceleratorState
 from timm.optim import create_optimizer_v2
 
 from dermae.classify.model import Classifier, classifier_config
+from dermae.config import MAEConfig
+from dermae.pretrain.mae import build_mae
 from run_record import this_machine  # benchmarks/ is on sys.path when run as a script
 
 BATCH, SIZE, CLASSES = 64, 64, 7
 VIT = ("vit_tiny_patch16_224", {"patch_size": 8, "img_size": SIZE})
 STAGE_KWARGS = {"global_pool": "avg", "drop_path_rate": 0.1}
+
+
+def _set_fused(model: torch.nn.Module, fused: bool) -> None:
+    """timm's fused kernel or its plain path, whatever the pipeline would pick here."""
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = fused
 
 
 def build(wrapper: bool, stage_kwargs: bool) -> torch.nn.Module:
@@ -57,10 +68,7 @@ def make_step(
 ) -> Callable[[], None]:
     torch.manual_seed(0)
     model = build(wrapper, stage_kwargs).train()
-    if unfused_attention:
-        for module in model.modules():
-            if hasattr(module, "fused_attn"):
-                module.fused_attn = False
+    _set_fused(model, not unfused_attention)
     optimizer = create_optimizer_v2(
         model, opt="adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75 if layer_decay else None
     )
@@ -118,6 +126,24 @@ VARIANTS: dict[str, dict[str, bool]] = {
 }
 
 
+def make_mae_step(bf16: bool, unfused_attention: bool = False) -> Callable[[], None]:
+    """The MAE pre-training step: 75 % of the patches hidden, the pipeline's default decoder."""
+    torch.manual_seed(0)
+    mae = build_mae(MAEConfig(model="vit_tiny_patch8"), SIZE).train()
+    _set_fused(mae, not unfused_attention)
+    optimizer = create_optimizer_v2(mae, opt="adamw", lr=1.5e-3, weight_decay=0.05)
+    images = torch.rand(BATCH, 3, SIZE, SIZE)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = mae(images, 0.75)[0]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
 def median_seconds(step: Callable[[], None], steps: int) -> float:
     step()  # warm-up: allocations, oneDNN kernel choice
     times = []
@@ -161,6 +187,15 @@ def main() -> None:
     for name, options in VARIANTS.items():
         fp32 = median_seconds(make_step(False, **options), args.steps)
         bf16 = median_seconds(make_step(True, **options), args.steps)
+        record["variants"][name] = {
+            "fp32_s_per_step": round(fp32, 4),
+            "bf16_s_per_step": round(bf16, 4),
+            "bf16_speedup": round(fp32 / bf16, 3),
+        }
+        print(f"{name:40s} {record['variants'][name]}", flush=True)
+    for name, unfused in (("MAE step", False), ("MAE step, attention unfused", True)):
+        fp32 = median_seconds(make_mae_step(False, unfused), args.steps)
+        bf16 = median_seconds(make_mae_step(True, unfused), args.steps)
         record["variants"][name] = {
             "fp32_s_per_step": round(fp32, 4),
             "bf16_s_per_step": round(bf16, 4),

@@ -25,6 +25,7 @@ TIME_FIELDS = {
     "max_rss_kb": re.compile(r"Maximum resident set size \(kbytes\): (\d+)"),
     "exit_status": re.compile(r"Exit status: (\d+)"),
 }
+SHELL_REAL = re.compile(r"^real\s+(\d+)m([\d.]+)s$", re.MULTILINE)  # bash's `time`
 PIPELINE = re.compile(r"\[dermae\] pipeline finished in (\d+) s")
 THREADS = re.compile(r"dermae: (\d+) torch thread\(s\) \((.*)\)[ \t]*$", re.MULTILINE)
 
@@ -43,22 +44,32 @@ def parse_time_log(text: str) -> dict[str, Any]:
     Raises ValueError naming what is missing: a log without `/usr/bin/time -v` output cannot
     give a wall time, and a record without one would be a guess.
     """
+    pipeline = PIPELINE.findall(text)
+    threads = THREADS.search(text)
+    record: dict[str, Any] = {
+        "pipeline_s": int(pipeline[-1]) if pipeline else None,
+        "torch_threads": f"{threads.group(1)} ({threads.group(2)})" if threads else None,
+    }
+    shell_time = SHELL_REAL.search(text)
+    if TIME_FIELDS["wall"].search(text) is None and shell_time is not None:
+        # `time make demo` (the README's command): wall time only, `.venv` set-up included.
+        minutes, seconds = shell_time.groups()
+        return {"wall_s": round(int(minutes) * 60 + float(seconds)), **record}
     found: dict[str, Any] = {}
     for key, pattern in TIME_FIELDS.items():
         match = pattern.search(text)
         if match is None:
             raise ValueError(
-                f"no '{key}' line in the log: was the run wrapped in /usr/bin/time -v?"
+                f"no '{key}' line in the log: was the run wrapped in /usr/bin/time -v "
+                "(or the shell's `time`)?"
             )
         found[key] = match.group(1)
-    pipeline = PIPELINE.findall(text)
-    threads = THREADS.search(text)
     return {
         "wall_s": round(clock_seconds(found["wall"])),
-        "pipeline_s": int(pipeline[-1]) if pipeline else None,
+        "pipeline_s": record["pipeline_s"],
         "max_rss_kb": int(found["max_rss_kb"]),
         "exit_status": int(found["exit_status"]),
-        "torch_threads": f"{threads.group(1)} ({threads.group(2)})" if threads else None,
+        "torch_threads": record["torch_threads"],
     }
 
 
@@ -195,7 +206,11 @@ def build_record(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("log", type=Path, help="stdout+stderr of `/usr/bin/time -v dermae run`")
+    parser.add_argument(
+        "log",
+        type=Path,
+        help="stdout+stderr of `/usr/bin/time -v dermae run` (or of the shell's `time make demo`)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--uptime-before", type=Path)
     parser.add_argument("--uptime-after", type=Path)

@@ -56,6 +56,17 @@ def test_automatic_thread_reason_keeps_its_inner_parentheses() -> None:
     assert timing["torch_threads"] == "2 (auto: 2 usable CPUs, ~0 busy, 1 process(es))"
 
 
+def test_shell_time_gives_the_wall_time_only() -> None:
+    log = (
+        "[dermae] pipeline finished in 1401 s; see runs/demo\n\nreal\t25m9.545s\nuser\t44m42.217s\n"
+    )
+    assert _load("run_record").parse_time_log(log) == {
+        "wall_s": 1510,
+        "pipeline_s": 1401,
+        "torch_threads": None,
+    }
+
+
 def test_log_without_time_output_is_refused() -> None:
     with pytest.raises(ValueError, match="/usr/bin/time -v"):
         _load("run_record").parse_time_log("[dermae] pipeline finished in 5 s\n")

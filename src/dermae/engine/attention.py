@@ -2,12 +2,12 @@
 
 timm's attention calls `scaled_dot_product_attention`, whose CPU kernel is a flash-attention
 variant built for long sequences. For dermae's ViTs (65 tokens at 64 px, patch 8) it is the
-slow path on a CPU: its backward took 270 ms of a 780 ms bf16 ViT-Ti step, 3.8x its fp32 time,
-so bf16 barely paid. timm's plain path (two matmuls and a softmax, the same math) made the
-fine-tuning step 1.1x faster in fp32 and 1.85x faster in bf16 than the fused fp32 step, and the
-MAE step 1.13x and 1.86x (BENCHMARKS.md section 43, `benchmarks/bench_vit_step.py`). On a GPU
-the fused kernel is the right one, so the switch is made only when CUDA is absent, the same
-test the training loop uses to pick its device.
+slow path on a CPU: in bf16 its backward took 303 ms of a ViT-Ti step, 3.5x its fp32 time, so
+bf16 barely paid. timm's plain path (two matmuls and a softmax, the same math) made the bf16
+fine-tuning step 2.1x and the MAE step 1.7x faster than the fused fp32 ones, and the demo's
+fine-tuning and MAE stages 1.78x and 1.72x (BENCHMARKS.md section 43,
+`benchmarks/bench_vit_step.py`). On a GPU the fused kernel is the right one, so the switch is
+made only when CUDA is absent, the test the training loop uses to pick its device.
 """
 
 from __future__ import annotations
