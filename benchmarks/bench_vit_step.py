@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,10 +28,11 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from timm.optim import create_optimizer_v2
 
+from bench_step_breakdown import median_seconds  # benchmarks/ is on sys.path as a script
 from dermae.classify.model import Classifier, classifier_config
 from dermae.config import MAEConfig
 from dermae.pretrain.mae import build_mae
-from run_record import this_machine  # benchmarks/ is on sys.path when run as a script
+from run_record import this_machine
 
 BATCH, SIZE, CLASSES = 64, 64, 7
 VIT = ("vit_tiny_patch16_224", {"patch_size": 8, "img_size": SIZE})
@@ -144,16 +143,6 @@ def make_mae_step(bf16: bool, unfused_attention: bool = False) -> Callable[[], N
     return step
 
 
-def median_seconds(step: Callable[[], None], steps: int) -> float:
-    step()  # warm-up: allocations, oneDNN kernel choice
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def top_ops(step: Callable[[], None], rows: int) -> list[dict[str, float | str]]:
     step()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -184,23 +173,24 @@ def main() -> None:
         "loadavg_before": os.getloadavg(),
         "variants": {},
     }
-    for name, options in VARIANTS.items():
-        fp32 = median_seconds(make_step(False, **options), args.steps)
-        bf16 = median_seconds(make_step(True, **options), args.steps)
-        record["variants"][name] = {
+
+    def both_precisions(make: Callable[[bool], Callable[[], None]]) -> dict[str, float]:
+        fp32 = median_seconds(make(False), args.steps)["median_s"]
+        bf16 = median_seconds(make(True), args.steps)["median_s"]
+        return {
             "fp32_s_per_step": round(fp32, 4),
             "bf16_s_per_step": round(bf16, 4),
             "bf16_speedup": round(fp32 / bf16, 3),
         }
-        print(f"{name:40s} {record['variants'][name]}", flush=True)
-    for name, unfused in (("MAE step", False), ("MAE step, attention unfused", True)):
-        fp32 = median_seconds(make_mae_step(False, unfused), args.steps)
-        bf16 = median_seconds(make_mae_step(True, unfused), args.steps)
-        record["variants"][name] = {
-            "fp32_s_per_step": round(fp32, 4),
-            "bf16_s_per_step": round(bf16, 4),
-            "bf16_speedup": round(fp32 / bf16, 3),
-        }
+
+    makers = {
+        name: (lambda bf16, options=options: make_step(bf16, **options))
+        for name, options in VARIANTS.items()
+    }
+    makers["MAE step"] = lambda bf16: make_mae_step(bf16, False)
+    makers["MAE step, attention unfused"] = lambda bf16: make_mae_step(bf16, True)
+    for name, make in makers.items():
+        record["variants"][name] = both_precisions(make)
         print(f"{name:40s} {record['variants'][name]}", flush=True)
     if args.profile:
         full = VARIANTS["all (the stage's step)"]
