@@ -218,6 +218,11 @@ class DistillConfig:
     # `baseline` is a teacher, they join the ensemble beside it (BENCHMARKS section 21: a second
     # CNN raised the demo teacher from 0.496 to 0.513 on validation). (b) itself stays one model.
     baseline_seeds: int = 0
+    # False: the extra seeds stay (b)'s seeds for the ablation and judges of the synthetic
+    # images, but do not join the teacher. Each member costs a forward pass per KD step (a
+    # resnet10t 0.04 s of the 0.37 s teacher step at batch 64, Zen 4); §22 measured the
+    # student no better with them (-0.002, one seed).
+    seeds_in_teacher: bool = True
     # False (consistent KD): the teacher sees the student's augmented view every step.
     # True: teacher run once on un-augmented train images (faster, inconsistent targets).
     cache_teacher_logits: bool = False
@@ -433,7 +438,7 @@ LATER_KEYS: dict[str, dict[str, Any]] = {
     "data": {"batch_augment": False},
     "baseline": {"mixup": 0.0},
     "vae": {"perceptual_weight": 0.0, "class_sampling_power": 0.0},
-    "distill": {"teacher_views": 0, "image_size": None},
+    "distill": {"teacher_views": 0, "image_size": None, "seeds_in_teacher": True},
     "ablate": {"seed_variants": ["d", "g"]},
 }
 
@@ -679,11 +684,16 @@ def validate_config(cfg: Config) -> None:
         _check_choice(f"ablate.variants[{i}]", variant, ("a", "b", "c", "d", "e", "f", "g"))
     for i, variant in enumerate(cfg.ablate.seed_variants):
         _check_choice(f"ablate.seed_variants[{i}]", variant, ("c", "d", "g"))
-    if cfg.distill.baseline_seeds > 0 and "baseline" not in cfg.distill.teachers:
+    if (
+        cfg.distill.baseline_seeds > 0
+        and cfg.distill.seeds_in_teacher
+        and "baseline" not in cfg.distill.teachers
+    ):
         raise ConfigError(
             f"config key 'distill.baseline_seeds' is {cfg.distill.baseline_seeds}, but "
             f"distill.teachers {list(cfg.distill.teachers)} has no 'baseline' for the extra "
-            "seeds to join: add 'baseline' to distill.teachers, or set baseline_seeds to 0"
+            "seeds to join: add 'baseline' to distill.teachers, set distill.seeds_in_teacher to "
+            "false, or set baseline_seeds to 0"
         )
     swapped = sorted({"e", "f"} & set(cfg.ablate.variants))
     if swapped and "teacher" not in cfg.distill.teachers:

@@ -99,6 +99,10 @@ def test_extra_baseline_seeds_share_the_chosen_recipe_and_differ_only_by_seed(tm
     # `baseline` as a teacher brings its seeds: an ensemble of three, (b) first.
     teacher, config, path = load_teacher(cfg, tmp_path, ["baseline"], tmp_path / "ens" / "model")
     assert config["member_sources"] == [str(base_dir), *map(str, dirs)]
+    # ... unless they are kept out of it: then (b) alone is the teacher.
+    alone = _seeds_config(tmp_path, "distill.baseline_seeds=2", "distill.seeds_in_teacher=false")
+    _, config, path = load_teacher(alone, tmp_path, ["baseline"], tmp_path / "ens1" / "model")
+    assert path == base_dir and "member_sources" not in config
     # Nothing asked, nothing trained, and an empty record.
     none = train_baseline_seeds(_seeds_config(tmp_path), tmp_path)
     assert json.loads((none / "members.json").read_text())["members"] == []
@@ -119,6 +123,11 @@ def test_baseline_seeds_need_a_baseline_teacher():
 
     with pytest.raises(ConfigError, match="distill.baseline_seeds"):
         load_config(None, ["distill.teachers=[teacher]", "distill.baseline_seeds=1"])
+    # Seeds kept out of the teacher need no baseline in it.
+    kept_out = ["distill.teachers=[teacher]", "distill.baseline_seeds=1"]
+    assert (
+        load_config(None, [*kept_out, "distill.seeds_in_teacher=false"]).distill.baseline_seeds == 1
+    )
     with pytest.raises(ConfigError, match="must not be negative"):
         load_config(None, ["distill.teachers=[teacher, baseline]", "distill.baseline_seeds=-1"])
 

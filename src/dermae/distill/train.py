@@ -132,7 +132,8 @@ def load_teacher(
     """One teacher classifier, or an ensemble of several saved as `ensemble_dir`.
 
     Each entry of `teachers` is a classifier folder, or a run-dir stage folder holding `model/`;
-    the entry `baseline` brings the `distill.baseline_seeds` extra seeds of (b) with it, and
+    the entry `baseline` brings the `distill.baseline_seeds` extra seeds of (b) with it (unless
+    `distill.seeds_in_teacher` is false), and
     the entry `cnn_teacher` stands for the `cnn_teacher` stage's members.
     """
     folders = []
@@ -141,7 +142,7 @@ def load_teacher(
             folders += cnn_teacher_members(cfg, run_dir)
             continue
         folders.append(resolve_teacher(run_dir, run_dir / entry))
-        if str(entry) == "baseline":
+        if str(entry) == "baseline" and cfg.distill.seeds_in_teacher:
             folders += [
                 _seed_member(d) for d in baseline_seed_dirs(run_dir, cfg.distill.baseline_seeds)
             ]
