@@ -62,6 +62,16 @@ def test_shipped_configs_load():
         load_config(path)  # unknown or mistyped keys would raise
 
 
+def test_the_claim_config_reuses_the_baseline_seeds_for_its_verdict():
+    """cpu-full's (b) seeds are the baseline_seeds members (trained once, and independent
+    judges of the synthetic images), so the two counts must agree."""
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "cpu-full.yaml")
+    assert cfg.ablate.variants == ("a", "b", "c", "d", "e", "f")
+    assert cfg.distill.baseline_seeds == cfg.ablate.seeds - 1 == 2
+
+
 def test_teacher_precision_is_checked():
     assert load_config(None, ["distill.teacher_precision=auto"]).distill.teacher_precision == "auto"
     with pytest.raises(ConfigError, match="distill.teacher_precision.*'fp8'"):
