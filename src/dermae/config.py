@@ -220,8 +220,8 @@ class DistillConfig:
     baseline_seeds: int = 0
     # False: the extra seeds stay (b)'s seeds for the ablation and judges of the synthetic
     # images, but do not join the teacher. Each member costs a forward pass per KD step (a
-    # resnet10t 0.04 s of the 0.37 s teacher step at batch 64, Zen 4); §22 measured the
-    # student no better with them (-0.002, one seed).
+    # resnet10t about 0.03 s of the 0.35 s teacher forward at batch 64 on Zen 4, BENCHMARKS
+    # section 44); §22 measured the student no better with them (-0.002, one seed).
     seeds_in_teacher: bool = True
     # False (consistent KD): the teacher sees the student's augmented view every step.
     # True: teacher run once on un-augmented train images (faster, inconsistent targets).
