@@ -2,7 +2,8 @@
 # Is the VAE the cap on the generator's class fidelity (issue 9, item 4)? cpu-full's VAE
 # (f=8, 4x8x8 latents, 800 steps, L1 + KL) against variants that change one thing each: more
 # latent channels, a smaller downsampling factor, a longer schedule, a perceptual term in the
-# baseline's features at two weights, and that term with square-root class balancing. Each
+# baseline's features at two weights, that term with square-root class balancing, and every
+# class drawn equally often, with and without that term. Each
 # VAE reconstructs the real validation images, and benchmarks/vae_class_probe.py asks the
 # run's real-data judges how many of each class's reconstructions they still recognise: the
 # most a UNet painting in that latent space can reach.
@@ -27,6 +28,8 @@ declare -A VARIANTS=(
   [perc0.1]="vae.perceptual_weight=0.1"
   [perc0.3]="vae.perceptual_weight=0.3"
   [perc0.1-sqrt]="vae.perceptual_weight=0.1 vae.class_sampling_power=0.5"
+  [balanced]="vae.class_sampling_power=1.0"
+  [perc0.1-balanced]="vae.perceptual_weight=0.1 vae.class_sampling_power=1.0"
 )
 RUNS=("$FROM")
 uptime

@@ -9,6 +9,9 @@ recall on reconstructions is the ceiling of the generator's class fidelity.
 The judges come from the first run; every run must hold the same prepared data. The summary
 (`independent_mean`) averages the baseline_seeds judges only: a VAE trained with
 `vae.perceptual_weight` learnt in baseline/model's features.
+
+`--blur 0.5 1 1.5` also scores the originals under a Gaussian blur of each sigma (pixels), with
+their PSNR: whether a VAE loses a class the way any blur of the same PSNR would, or otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.transforms.v2.functional import gaussian_blur
 
 from dermae.classify.model import load_classifier
 from dermae.data.prepared import load_prepared
@@ -44,10 +48,36 @@ def recall_per_class(
     return {c: round(float((pred[labels == i] == i).mean()), 4) for i, c in enumerate(classes)}
 
 
+def psnr_db(original: np.ndarray, changed: np.ndarray) -> float:
+    """PSNR of uint8 images, over the whole set (as the VAE's metrics.json reports it)."""
+    mse = np.mean((original.astype(np.float64) - changed.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / mse))
+
+
+def blurred_entry(
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    judges: dict[str, torch.nn.Module],
+    sigma: float,
+) -> dict:
+    """The judges' recall per class on `images` under a Gaussian blur of `sigma` pixels."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    kernel = 2 * int(np.ceil(3 * sigma)) + 1
+    blurred = gaussian_blur(x, [kernel, kernel], [sigma, sigma]).permute(0, 2, 3, 1).numpy()
+    return {
+        "metrics": {"psnr": round(psnr_db(images, blurred), 2)},
+        "reconstructed": {
+            name: recall_per_class(j, blurred, labels, classes) for name, j in judges.items()
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--blur", type=float, nargs="*", default=[], metavar="SIGMA")
     args = parser.parse_args()
 
     data = load_prepared(args.runs[0], with_synthetic=False)
@@ -66,6 +96,11 @@ def main() -> None:
         "real": {name: recall_per_class(j, images, labels, classes) for name, j in judges.items()},
         "vaes": {},
     }
+    if args.blur:
+        result["blurred"] = {
+            f"sigma_{sigma:g}": blurred_entry(images, labels, classes, judges, sigma)
+            for sigma in args.blur
+        }
     for run in args.runs:
         vae_dir = run / "synth" / "vae"
         start = time.perf_counter()
@@ -83,13 +118,14 @@ def main() -> None:
     # A perceptual VAE measures in baseline/model's features: its seeds judge independently.
     independent = [name for name in judges if name.startswith("baseline_seeds")] or list(judges)
     result["summary_judges"] = independent
-    for run, entry in result["vaes"].items():
+    for run, entry in [*result["vaes"].items(), *result.get("blurred", {}).items()]:
         mean = {
             c: round(float(np.mean([entry["reconstructed"][j][c] for j in independent])), 2)
             for c in classes
         }
         entry["independent_mean"] = mean
-        print(run, f"psnr {entry['metrics']['psnr']:.1f}", mean)
+        psnr = entry["metrics"]["psnr"]
+        print(run, f"psnr {psnr:.1f}", mean)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))  # with the summary, not before it
 
