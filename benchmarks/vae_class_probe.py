@@ -12,6 +12,7 @@ The judges come from the first run; every run must hold the same prepared data. 
 
 `--blur 0.5 1 1.5` also scores the originals under a Gaussian blur of each sigma (pixels), with
 their PSNR: whether a VAE loses a class the way any blur of the same PSNR would, or otherwise.
+`chroma` (per class, every image set) is the mean per-pixel spread of R, G and B.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio
 from torchvision.transforms.v2.functional import gaussian_blur
 
 from dermae.classify.model import load_classifier
@@ -48,10 +50,16 @@ def recall_per_class(
     return {c: round(float((pred[labels == i] == i).mean()), 4) for i, c in enumerate(classes)}
 
 
+def chroma_per_class(images: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
+    """Mean per-pixel spread of R, G and B (max - min) per class: how much colour survives."""
+    spread = images.max(-1).astype(np.float32) - images.min(-1).astype(np.float32)
+    return {c: round(float(spread[labels == i].mean()), 1) for i, c in enumerate(classes)}
+
+
 def psnr_db(original: np.ndarray, changed: np.ndarray) -> float:
-    """PSNR of uint8 images, over the whole set (as the VAE's metrics.json reports it)."""
-    mse = np.mean((original.astype(np.float64) - changed.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0**2 / mse))
+    """PSNR over the whole uint8 set, as torchmetrics gives the VAE's metrics.json."""
+    a, b = (torch.from_numpy(np.ascontiguousarray(x)).float() for x in (original, changed))
+    return float(peak_signal_noise_ratio(b, a, data_range=255.0))
 
 
 def blurred_entry(
@@ -67,6 +75,7 @@ def blurred_entry(
     blurred = gaussian_blur(x, [kernel, kernel], [sigma, sigma]).permute(0, 2, 3, 1).numpy()
     return {
         "metrics": {"psnr": round(psnr_db(images, blurred), 2)},
+        "chroma": chroma_per_class(blurred, labels, classes),
         "reconstructed": {
             name: recall_per_class(j, blurred, labels, classes) for name, j in judges.items()
         },
@@ -94,6 +103,7 @@ def main() -> None:
         "judges": list(judges),
         "val_images": {c: int((labels == i).sum()) for i, c in enumerate(classes)},
         "real": {name: recall_per_class(j, images, labels, classes) for name, j in judges.items()},
+        "real_chroma": chroma_per_class(images, labels, classes),
         "vaes": {},
     }
     if args.blur:
@@ -110,6 +120,7 @@ def main() -> None:
             "settings": stage["inputs"]["sections"]["vae"],
             "train_seconds": round(stage["seconds"]),
             "metrics": json.loads((vae_dir / "metrics.json").read_text()),
+            "chroma": chroma_per_class(recon, labels, classes),
             "reconstructed": {
                 name: recall_per_class(j, recon, labels, classes) for name, j in judges.items()
             },
@@ -124,8 +135,7 @@ def main() -> None:
             for c in classes
         }
         entry["independent_mean"] = mean
-        psnr = entry["metrics"]["psnr"]
-        print(run, f"psnr {psnr:.1f}", mean)
+        print(run, f"psnr {entry['metrics']['psnr']:.1f}", mean)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))  # with the summary, not before it
 
