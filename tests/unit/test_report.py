@@ -19,7 +19,7 @@ from dermae.evaluate.report import (
     metrics_table,
     render_report,
 )
-from dermae.evaluate.summary import metrics_section, vae_ceiling_paragraph
+from dermae.evaluate.summary import fidelity_paragraph, metrics_section, vae_ceiling_paragraph
 
 
 class Links(HTMLParser):
@@ -228,3 +228,32 @@ def test_vae_ceiling_prefers_the_independent_judges():
     text = vae_ceiling_paragraph(per_class)
     assert text.startswith("VAE ceiling: the independent judges' mean recall")
     assert "mel 60% -> 20%" in text and "The VAE caps mel:" in text
+
+
+def test_fidelity_paragraph_judges_the_kept_images_against_half():
+    per_class = {
+        "akiec": {
+            "class_fidelity": 0.9,
+            "independent_fidelity": 0.82,
+            "independent_fidelity_of_accepted": 0.857,
+            "near_copies_feature": 1,
+            "near_copies_pixel": 0,
+        },
+        "df": {
+            "class_fidelity": 0.3,
+            "independent_fidelity": 0.6,
+            "independent_fidelity_of_accepted": 0.45,
+            "near_copies_feature": 2,
+            "near_copies_pixel": 1,
+        },
+    }
+    text = fidelity_paragraph(per_class)
+    assert "of the kept images, akiec 86%, df 45% as their class." in text
+    assert "Below 50%: df." in text
+    assert text.endswith("3 in features, 1 in pixels.")
+    # No independent judges: the baseline's own rate, and every class passes.
+    only_baseline = fidelity_paragraph({"bcc": {"class_fidelity": 0.76}})
+    assert "The baseline recognises bcc 76% as their class. Every class reaches 50%." in (
+        only_baseline
+    )
+    assert fidelity_paragraph({"bcc": {"fid": 40.0}}) is None

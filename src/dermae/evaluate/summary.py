@@ -133,6 +133,42 @@ def vae_ceiling_paragraph(per_class: dict[str, dict[str, Any]]) -> str | None:
     )
 
 
+FIDELITY_BAR = 0.5  # issue 9: a real-trained judge calls at least half of each class's images it
+
+
+def fidelity_paragraph(per_class: dict[str, dict[str, Any]]) -> str | None:
+    """Whether each class's synthetic images are of their class, and none is a near-copy.
+
+    Judged by the independent judges (the baseline's other seeds) on the images the filter
+    kept, where there are any: the filter's own judge passes what it keeps by construction.
+    """
+    keys = ("independent_fidelity_of_accepted", "independent_fidelity", "class_fidelity")
+    key = next((k for k in keys if any(v.get(k) is not None for v in per_class.values())), None)
+    if key is None:
+        return None
+    rates = {c: v[key] for c, v in per_class.items() if v.get(key) is not None}
+    judge = {
+        "independent_fidelity_of_accepted": "The independent judges recognise, of the kept images,",
+        "independent_fidelity": "The independent judges recognise",
+        "class_fidelity": "The baseline recognises",
+    }[key]
+    listed = ", ".join(f"{c} {r:.0%}" for c, r in rates.items())
+    below = [c for c, r in rates.items() if r < FIDELITY_BAR]
+    copies = {
+        space: sum(int(v.get(f"near_copies_{space}", 0)) for v in per_class.values())
+        for space in ("feature", "pixel")
+    }
+    verdict = (
+        f"Below {FIDELITY_BAR:.0%}: {', '.join(below)}."
+        if below
+        else f"Every class reaches {FIDELITY_BAR:.0%}."
+    )
+    return (
+        f"Class fidelity: {judge} {listed} as their class. {verdict} Near-copies of a real "
+        f"training image: {copies['feature']} in features, {copies['pixel']} in pixels."
+    )
+
+
 def synth_section(run_dir: Path) -> Section | None:
     synth_dir = RunLayout(run_dir).synth
     if not synth_dir.exists():
@@ -148,9 +184,9 @@ def synth_section(run_dir: Path) -> Section | None:
         ]
         if rows:
             tables.append({"rows": rows, "caption": "Synthetic image quality per class"})
-        ceiling = vae_ceiling_paragraph(per_class)
-        if ceiling:
-            paragraphs.append(ceiling)
+        for paragraph in (fidelity_paragraph(per_class), vae_ceiling_paragraph(per_class)):
+            if paragraph:
+                paragraphs.append(paragraph)
         overall = {k: v for k, v in quality.items() if not isinstance(v, dict | list)}
         if overall:
             tables.append({"rows": [overall], "caption": "Overall"})
