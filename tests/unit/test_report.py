@@ -230,7 +230,7 @@ def test_vae_ceiling_prefers_the_independent_judges():
     assert "mel 60% -> 20%" in text and "The VAE caps mel:" in text
 
 
-def test_fidelity_paragraph_judges_the_kept_images_against_half():
+def test_fidelity_paragraph_holds_every_sampled_image_to_half():
     per_class = {
         "akiec": {
             "class_fidelity": 0.9,
@@ -241,19 +241,28 @@ def test_fidelity_paragraph_judges_the_kept_images_against_half():
         },
         "df": {
             "class_fidelity": 0.3,
-            "independent_fidelity": 0.6,
-            "independent_fidelity_of_accepted": 0.45,
+            "independent_fidelity": 0.45,
+            "independent_fidelity_of_accepted": 0.8,
             "near_copies_feature": 2,
             "near_copies_pixel": 1,
         },
+        "vasc": {
+            "class_fidelity": 0.0,
+            "independent_fidelity": 0.6,
+            "independent_fidelity_of_accepted": None,  # the filter kept none
+        },
     }
     text = fidelity_paragraph(per_class)
-    assert "of the kept images, akiec 86%, df 45% as their class." in text
+    assert (
+        "The independent judges recognise akiec 82% (86%), df 45% (80%), vasc 60% (none kept) "
+        "of the sampled images as their class (in brackets: of the images the filter kept)."
+    ) in text
+    # df passes among the kept images but not among all it sampled: the bar takes the latter.
     assert "Below 50%: df." in text
     assert text.endswith("3 in features, 1 in pixels.")
     # No independent judges: the baseline's own rate, and every class passes.
     only_baseline = fidelity_paragraph({"bcc": {"class_fidelity": 0.76}})
-    assert "The baseline recognises bcc 76% as their class. Every class reaches 50%." in (
+    assert "The baseline recognises bcc 76% of the sampled images as their class. Every" in (
         only_baseline
     )
     assert fidelity_paragraph({"bcc": {"fid": 40.0}}) is None

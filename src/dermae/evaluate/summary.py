@@ -139,33 +139,42 @@ FIDELITY_BAR = 0.5  # issue 9: a real-trained judge calls at least half of each 
 def fidelity_paragraph(per_class: dict[str, dict[str, Any]]) -> str | None:
     """Whether each class's synthetic images are of their class, and none is a near-copy.
 
-    Judged by the independent judges (the baseline's other seeds) on the images the filter
-    kept, where there are any: the filter's own judge passes what it keeps by construction.
+    The bar applies to every sampled image, judged by the independent judges (the baseline's
+    other seeds) where there are any; the rate among the images the filter kept follows in
+    brackets, and a class the filter emptied says so.
     """
-    keys = ("independent_fidelity_of_accepted", "independent_fidelity", "class_fidelity")
-    key = next((k for k in keys if any(v.get(k) is not None for v in per_class.values())), None)
-    if key is None:
-        return None
+    independent = any("independent_fidelity" in v for v in per_class.values())
+    key = "independent_fidelity" if independent else "class_fidelity"
     rates = {c: v[key] for c, v in per_class.items() if v.get(key) is not None}
-    judge = {
-        "independent_fidelity_of_accepted": "The independent judges recognise, of the kept images,",
-        "independent_fidelity": "The independent judges recognise",
-        "class_fidelity": "The baseline recognises",
-    }[key]
-    listed = ", ".join(f"{c} {r:.0%}" for c, r in rates.items())
+    if not rates:
+        return None
+
+    def listed(c: str, rate: float) -> str:
+        if "independent_fidelity_of_accepted" not in per_class[c]:
+            return f"{c} {rate:.0%}"
+        kept = per_class[c]["independent_fidelity_of_accepted"]
+        return f"{c} {rate:.0%} (none kept)" if kept is None else f"{c} {rate:.0%} ({kept:.0%})"
+
+    judge = "The independent judges recognise" if independent else "The baseline recognises"
+    kept_note = (
+        " (in brackets: of the images the filter kept)"
+        if any("independent_fidelity_of_accepted" in v for v in per_class.values())
+        else ""
+    )
     below = [c for c, r in rates.items() if r < FIDELITY_BAR]
-    copies = {
-        space: sum(int(v.get(f"near_copies_{space}", 0)) for v in per_class.values())
-        for space in ("feature", "pixel")
-    }
     verdict = (
         f"Below {FIDELITY_BAR:.0%}: {', '.join(below)}."
         if below
         else f"Every class reaches {FIDELITY_BAR:.0%}."
     )
+    copies = {
+        space: sum(int(v.get(f"near_copies_{space}", 0)) for v in per_class.values())
+        for space in ("feature", "pixel")
+    }
     return (
-        f"Class fidelity: {judge} {listed} as their class. {verdict} Near-copies of a real "
-        f"training image: {copies['feature']} in features, {copies['pixel']} in pixels."
+        f"Class fidelity: {judge} {', '.join(listed(c, r) for c, r in rates.items())} of the "
+        f"sampled images as their class{kept_note}. {verdict} Near-copies of a real training "
+        f"image: {copies['feature']} in features, {copies['pixel']} in pixels."
     )
 
 
